@@ -1,0 +1,5 @@
+"""``python -m usercredits``: the command line."""
+
+from usercredits.cli import main
+
+main()

@@ -1,0 +1,47 @@
+"""Dependency-injection wiring of the core (dependency-injector).
+
+An empty :class:`UserCreditsContainer` works: in-memory storage and manual
+payments. Backends plug in by overriding ``dao_factory`` and ``payment_client``
+(see ``usercredits_mongo.containers`` and ``usercredits_stripe.containers``).
+"""
+
+from __future__ import annotations
+
+from dependency_injector import containers, providers
+
+from usercredits.clock import system_clock
+from usercredits.dao import DaoFactory
+from usercredits.manual import ManualPaymentClient
+from usercredits.memory import InMemoryDaoFactory
+from usercredits.payment import PaymentClient
+from usercredits.service import PaymentService
+
+
+class UserCreditsContainer(containers.DeclarativeContainer):
+    """The core's providers: ``config``, ``dao_factory``, ``payment_client``, ``clock``,
+    ``service``.
+
+    ``config.default_currency`` (default ``"usd"``) sets the service's currency.
+    """
+
+    config = providers.Configuration(default={"default_currency": "usd"})
+
+    dao_factory = providers.Dependency(
+        instance_of=DaoFactory,  # type: ignore[type-abstract]
+        default=providers.Singleton(InMemoryDaoFactory),
+    )
+
+    payment_client = providers.Dependency(
+        instance_of=PaymentClient,  # type: ignore[type-abstract]
+        default=providers.Singleton(ManualPaymentClient),
+    )
+
+    clock = providers.Object(system_clock)
+
+    service = providers.Singleton(
+        PaymentService,
+        dao_factory=dao_factory,
+        payment_client=payment_client,
+        default_currency=config.default_currency,
+        clock=clock,
+    )

@@ -1,0 +1,392 @@
+"""Domain model: offers, orders, the token ledger and a user's credits.
+
+Plain keyword-only dataclasses. Enum fields accept their string values, money is
+:class:`~decimal.Decimal` (never ``float``), ids are opaque (``str`` in memory,
+``ObjectId`` in Mongo) and user ids are the application's own, kept as given.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypeAlias
+
+from usercredits.errors import InvalidOfferError
+
+EntityId: TypeAlias = Any
+"""An entity id: ``str`` in memory, ``bson.ObjectId`` in Mongo; methods also take its ``str()``."""
+
+UserId: TypeAlias = Any
+"""The application's own user id (``str``, ``int``, ``UUID``, ``ObjectId``...), stored as given."""
+
+
+class Cycle(enum.StrEnum):
+    """How long a purchase stays valid (per unit of quantity)."""
+
+    ONCE = "once"
+    DAILY = "daily"
+    WEEKLY = "weekly"
+    BI_WEEKLY = "bi-weekly"
+    MONTHLY = "monthly"
+    TRIMESTER = "trimester"
+    SEMESTER = "semester"
+    YEARLY = "yearly"
+    CUSTOM = "custom"
+
+
+class Status(enum.StrEnum):
+    """The state of an order (and of the subscriptions it produced)."""
+
+    PENDING = "pending"
+    PAID = "paid"
+    REFUSED = "refused"
+    ERROR = "error"
+    INCONSISTENT = "inconsistent"
+    PARTIAL = "partial"
+    EXPIRED = "expired"
+    REFUNDED = "refunded"
+
+
+class OfferKind(enum.StrEnum):
+    """What an offer sells."""
+
+    SUBSCRIPTION = "subscription"
+    TOKENS = "tokens"
+    EXPERTISE = "expertise"
+
+
+class LedgerReason(enum.StrEnum):
+    """Why a ledger line moved tokens."""
+
+    PURCHASE = "purchase"
+    CONSUMPTION = "consumption"
+    EXPIRY = "expiry"
+    REFUND = "refund"
+    ADJUSTMENT = "adjustment"
+
+
+def _enum(kind: type[enum.StrEnum], value: Any, what: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in kind)
+        raise InvalidOfferError(f"unknown {what} {value!r} (expected one of: {allowed})") from None
+
+
+def _optional_cycle(value: Any) -> Cycle | None:
+    return None if value is None else _enum(Cycle, value, "cycle")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_cycle(cycle: Cycle | None, custom_cycle: Any, owner: str) -> None:
+    if cycle is Cycle.CUSTOM:
+        if not _is_int(custom_cycle) or custom_cycle <= 0:
+            raise InvalidOfferError(
+                f"{owner}: cycle 'custom' needs custom_cycle, a positive number of seconds "
+                f"(got {custom_cycle!r})"
+            )
+    elif custom_cycle is not None:
+        raise InvalidOfferError(f"{owner}: custom_cycle is only allowed with cycle 'custom'")
+
+
+def to_decimal(value: Any, what: str = "amount") -> Decimal:
+    """Convert an exact amount (Decimal, int or numeric string) to Decimal; floats are refused."""
+    if isinstance(value, bool | float):
+        raise InvalidOfferError(
+            f"{what} must be a Decimal, an int or a numeric string, not {value!r}"
+        )
+    if isinstance(value, Decimal):
+        result = value
+    elif isinstance(value, int | str):
+        try:
+            result = Decimal(value)
+        except InvalidOperation:
+            raise InvalidOfferError(f"{what} {value!r} is not a number") from None
+    else:
+        raise InvalidOfferError(f"{what} must be a Decimal, not {type(value).__name__}")
+    if not result.is_finite():
+        raise InvalidOfferError(f"{what} must be finite, got {value!r}")
+    return result
+
+
+@dataclass(kw_only=True)
+class CombinedOffer:
+    """One item of a bundle: ``quantity`` units of another offer, its tokens to ``offer_group``."""
+
+    offer_id: EntityId
+    offer_group: str
+    quantity: int = 1
+    cycle: Cycle | None = None
+    custom_cycle: int | None = None
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.quantity) or self.quantity < 1:
+            raise InvalidOfferError(
+                f"bundle item {self.offer_id!r}: quantity must be an int >= 1, "
+                f"got {self.quantity!r}"
+            )
+        if not isinstance(self.offer_group, str) or not self.offer_group:
+            raise InvalidOfferError(
+                f"bundle item {self.offer_id!r}: offer_group must be a non-empty str"
+            )
+        self.cycle = _optional_cycle(self.cycle)
+        if self.cycle is not None:
+            _check_cycle(self.cycle, self.custom_cycle, f"bundle item {self.offer_id!r}")
+
+
+@dataclass(kw_only=True)
+class Offer:
+    """A priced bundle of tokens and/or a validity period that users can order."""
+
+    name: str
+    kind: OfferKind
+    offer_group: str
+    cycle: Cycle
+    price: Decimal
+    id: EntityId = None
+    key: str | None = None
+    custom_cycle: int | None = None
+    currency: str | None = None
+    token_count: int | None = None
+    quantity_limit: int | None = None
+    append_date: bool = False
+    tags: list[str] = field(default_factory=list)
+    unlocked_by: list[str] = field(default_factory=list)
+    has_dependent_offers: bool = False
+    overriding_key: str | None = None
+    weight: int = 0
+    popular: int | None = None
+    combined_items: list[CombinedOffer] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        owner = f"offer {self.key or self.name!r}"
+        if not isinstance(self.name, str) or not self.name:
+            raise InvalidOfferError(f"{owner}: name must be a non-empty str")
+        if not isinstance(self.offer_group, str) or not self.offer_group:
+            raise InvalidOfferError(f"{owner}: offer_group must be a non-empty str")
+        self.kind = _enum(OfferKind, self.kind, "offer kind")
+        self.cycle = _enum(Cycle, self.cycle, "cycle")
+        _check_cycle(self.cycle, self.custom_cycle, owner)
+        self.price = to_decimal(self.price, f"{owner}: price")
+        if self.price < 0:
+            raise InvalidOfferError(f"{owner}: price must not be negative, got {self.price}")
+        if self.currency is not None:
+            if (
+                not isinstance(self.currency, str)
+                or len(self.currency) != 3
+                or not self.currency.isalpha()
+            ):
+                raise InvalidOfferError(
+                    f"{owner}: currency must be an ISO 4217 code, got {self.currency!r}"
+                )
+            self.currency = self.currency.lower()
+        if self.token_count is not None and (not _is_int(self.token_count) or self.token_count < 0):
+            raise InvalidOfferError(
+                f"{owner}: token_count must be an int >= 0, got {self.token_count!r}"
+            )
+        if self.quantity_limit is not None and (
+            not _is_int(self.quantity_limit) or self.quantity_limit < 1
+        ):
+            raise InvalidOfferError(
+                f"{owner}: quantity_limit must be an int >= 1, got {self.quantity_limit!r}"
+            )
+        if not _is_int(self.weight):
+            raise InvalidOfferError(f"{owner}: weight must be an int, got {self.weight!r}")
+        for name in ("tags", "unlocked_by"):
+            values = getattr(self, name)
+            if isinstance(values, str) or not all(isinstance(v, str) for v in values):
+                raise InvalidOfferError(f"{owner}: {name} must be a list of str, got {values!r}")
+            setattr(self, name, list(values))
+        for item in self.combined_items:
+            if not isinstance(item, CombinedOffer):
+                raise InvalidOfferError(
+                    f"{owner}: combined_items must hold CombinedOffer, got {item!r}"
+                )
+
+    def as_unlocking_offers(self, offers: Iterable[Offer], reset: bool = False) -> list[str]:
+        """Make this offer unlocked by buying any of ``offers``; marks them as having dependents."""
+        offers = list(offers)
+        for offer in offers:
+            offer.has_dependent_offers = True
+        return self.as_unlocking_offer_groups((o.offer_group for o in offers), reset=reset)
+
+    def as_unlocking_offer_groups(self, groups: Iterable[str], reset: bool = False) -> list[str]:
+        """Make a live purchase in any of ``groups`` unlock this offer; returns ``unlocked_by``."""
+        merged = [] if reset else list(self.unlocked_by)
+        for group in groups:
+            if group not in merged:
+                merged.append(group)
+        self.unlocked_by = merged
+        return self.unlocked_by
+
+
+@dataclass(kw_only=True)
+class OrderStatus:
+    """One entry of an order's history."""
+
+    date: datetime | None = None
+    status: Status = Status.PENDING
+    message: str = ""
+    payload: str | None = None
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)
+
+
+@dataclass(kw_only=True)
+class CombinedOrder:
+    """One item of a bundle order, with the tokens and window it grants."""
+
+    offer_id: EntityId = None
+    offer_group: str = ""
+    quantity: int = 1
+    cycle: Cycle | None = None
+    custom_cycle: int | None = None
+    token_count: int = 0
+    starts: datetime | None = None
+    expires: datetime | None = None
+
+    def __post_init__(self) -> None:
+        self.cycle = None if self.cycle is None else Cycle(self.cycle)
+
+
+@dataclass(kw_only=True)
+class Order:
+    """A user's order of an offer; ``token_count`` is the total it grants once paid."""
+
+    id: EntityId = None
+    user_id: UserId = None
+    offer_id: EntityId = None
+    offer_group: str = ""
+    status: Status = Status.PENDING
+    quantity: int = 1
+    total: Decimal = Decimal(0)
+    currency: str | None = None
+    cycle: Cycle = Cycle.ONCE
+    custom_cycle: int | None = None
+    token_count: int = 0
+    starts: datetime | None = None
+    expires: datetime | None = None
+    combined_items: list[CombinedOrder] = field(default_factory=list)
+    history: list[OrderStatus] = field(default_factory=list)
+    payment_intent_id: str | None = None
+    payment_intent_secret: str | None = None
+    parent_id: EntityId = None
+    country: str | None = None
+    tax_rate: Decimal | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)
+        self.cycle = Cycle(self.cycle)
+
+
+@dataclass(kw_only=True)
+class Subscription:
+    """The summary of one order (or bundle item) kept in a user's credits."""
+
+    offer_id: EntityId = None
+    order_id: EntityId = None
+    name: str = ""
+    offer_group: str = ""
+    cycle: Cycle = Cycle.ONCE
+    custom_cycle: int | None = None
+    quantity: int = 1
+    status: Status = Status.PENDING
+    starts: datetime | None = None
+    expires: datetime | None = None
+    tokens: int = 0
+    total: Decimal = Decimal(0)
+    currency: str | None = None
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)
+        self.cycle = Cycle(self.cycle)
+
+
+@dataclass(kw_only=True)
+class ActivatedOffer:
+    """A user's standing in one offer group: its window and its current token balance."""
+
+    offer_group: str = ""
+    starts: datetime | None = None
+    expires: datetime | None = None
+    tokens: int = 0
+
+
+@dataclass(kw_only=True)
+class UserCredits:
+    """Everything a user holds: one :class:`ActivatedOffer` per group and the subscriptions."""
+
+    id: EntityId = None
+    user_id: UserId = None
+    offers: list[ActivatedOffer] = field(default_factory=list)
+    subscriptions: list[Subscription] = field(default_factory=list)
+
+    def offer(self, offer_group: str) -> ActivatedOffer | None:
+        """The user's standing in ``offer_group``, None when the user has none."""
+        return next((o for o in self.offers if o.offer_group == offer_group), None)
+
+    def balance(self, offer_group: str) -> int:
+        """The token balance of ``offer_group`` (0 when the user has no such group)."""
+        offer = self.offer(offer_group)
+        return 0 if offer is None else offer.tokens
+
+
+@dataclass(kw_only=True)
+class TokenTimetable:
+    """One ledger line: ``tokens`` added (grant) or removed (consumption, expiry, refund)."""
+
+    id: EntityId = None
+    user_id: UserId = None
+    offer_group: str = ""
+    tokens: int = 0
+    created_at: datetime | None = None
+    order_id: EntityId = None
+    reason: LedgerReason = LedgerReason.CONSUMPTION
+    idempotency_key: str | None = None
+    expires: datetime | None = None
+    """For a purchase line: when the grant expires (None: never)."""
+
+    def __post_init__(self) -> None:
+        self.reason = LedgerReason(self.reason)
+
+
+@dataclass(kw_only=True)
+class ExpiryWarning:
+    """A warning of the expiry routine: a group ``"expiring"`` soon or with a ``"low_balance"``."""
+
+    offer_group: str
+    reason: str
+    expires: datetime | None = None
+    tokens: int = 0
+
+
+@dataclass(kw_only=True)
+class ExpiryReport:
+    """What one run of ``check_for_expired_orders`` did for a user."""
+
+    user_id: UserId = None
+    expired_orders: list[Order] = field(default_factory=list)
+    removed_tokens: dict[str, int] = field(default_factory=dict)
+    expired: list[ActivatedOffer] = field(default_factory=list)
+    warnings: list[ExpiryWarning] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class WebhookResult:
+    """What ``handle_webhook`` did with one gateway event."""
+
+    event_id: str
+    event_type: str
+    handled: bool = False
+    duplicate: bool = False
+    order: Order | None = None
+    message: str = ""

@@ -1,0 +1,63 @@
+"""The payment gateway interface the services talk to, and the events it reports."""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass
+from decimal import Decimal
+
+from usercredits.models import EntityId, Order, UserId
+
+
+class WebhookEventKind(enum.StrEnum):
+    """What a gateway event means for an order."""
+
+    PAYMENT_SUCCEEDED = "payment_succeeded"
+    PAYMENT_FAILED = "payment_failed"
+    PAYMENT_CANCELED = "payment_canceled"
+    REFUNDED = "refunded"
+    OTHER = "other"
+
+
+@dataclass(kw_only=True)
+class WebhookEvent:
+    """A verified gateway event, mapped to what the services need to apply it."""
+
+    id: str
+    type: str
+    kind: WebhookEventKind = WebhookEventKind.OTHER
+    payment_intent_id: str | None = None
+    order_id: EntityId = None
+    payload: str | None = None
+
+
+class PaymentClient(abc.ABC):
+    """A payment gateway. Implementations raise PaymentError for gateway or network failures
+    and never change stored data themselves: they return updated copies of orders."""
+
+    @abc.abstractmethod
+    def create_payment_intent(self, order: Order) -> Order:
+        """A copy of ``order`` with a new ``payment_intent_id`` and ``payment_intent_secret``;
+        retried calls for the same order and attempt create no second intent."""
+
+    @abc.abstractmethod
+    def after_payment_executed(self, order: Order) -> Order:
+        """A copy of ``order`` with the status the gateway reports for its current intent and
+        one history entry appended describing that outcome (payload: the gateway's record)."""
+
+    @abc.abstractmethod
+    def handle_webhook(self, payload: bytes | str, signature: str | None) -> WebhookEvent:
+        """The verified event; PaymentError when the signature or payload is not valid."""
+
+    @abc.abstractmethod
+    def refund(self, order: Order) -> Order:
+        """Refund the order's payment; a copy with status ``refunded`` and a history entry."""
+
+    @abc.abstractmethod
+    def check_user_balance(self, user_id: UserId) -> Decimal:
+        """The user's balance held by the gateway, possibly from a short-lived cache."""
+
+    @abc.abstractmethod
+    def fetch_user_balance(self, user_id: UserId) -> Decimal:
+        """The user's balance held by the gateway, asked to the gateway now."""

@@ -1,0 +1,1 @@
+"""MongoDB backend of usercredits (mongoengine documents, pymongo atomic operations)."""
