@@ -36,6 +36,10 @@ class PaymentClient(abc.ABC):
     """A payment gateway. Implementations raise PaymentError for gateway or network failures
     and never change stored data themselves: they return updated copies of orders."""
 
+    def check_order(self, order: Order) -> None:  # noqa: B027 - optional hook
+        """Raise InvalidPaymentError when the gateway could not take ``order`` (its amount or
+        currency); called before anything is stored. Accepts everything by default."""
+
     @abc.abstractmethod
     def create_payment_intent(self, order: Order) -> Order:
         """A copy of ``order`` with a new ``payment_intent_id`` and ``payment_intent_secret``;

@@ -1,0 +1,388 @@
+"""Fixtures of the Stripe tests.
+
+Two doubles of Stripe are used:
+
+- ``FakeStripe``, a transport plugged into the SDK (``http_client=``): the SDK
+  builds its real requests and parses real-looking responses, while intents,
+  customers and refunds live in dicts the tests can shape (any intent status,
+  amount mismatches, failures). It honours idempotency keys like Stripe does.
+- ``localstripe``, a stateful fake Stripe server, started once per session in a
+  subprocess on 127.0.0.1 and emptied before each test that uses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+import stripe
+
+from usercredits import (
+    Cycle,
+    FrozenClock,
+    InMemoryDaoFactory,
+    Offer,
+    OfferKind,
+    PaymentService,
+)
+from usercredits_stripe import StripePaymentClient
+
+WEBHOOK_SECRET = "whsec_test_usercredits"
+API_KEY = "sk_test_usercredits"
+START = datetime(2030, 1, 15, 12, 0, tzinfo=UTC)
+
+
+# -- a Stripe transport double ---------------------------------------------------------
+
+
+@dataclass
+class FakeRequest:
+    method: str
+    path: str
+    params: dict[str, str]
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, str]:
+        return {k[9:-1]: v for k, v in self.params.items() if k.startswith("metadata[")}
+
+
+class FakeStripe(stripe.HTTPClient):
+    """Stripe's API for intents, customers and refunds, answered from memory."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[FakeRequest] = []
+        self.intents: dict[str, dict[str, Any]] = {}
+        self.customers: dict[str, dict[str, Any]] = {}
+        self.refunds: dict[str, dict[str, Any]] = {}
+        self.refund_status = "succeeded"
+        self.offline = False
+        self.error: tuple[int, dict[str, Any]] | None = None
+        self._ids = itertools.count(1)
+        self._replies: dict[str, tuple[str, int, dict[str, str]]] = {}
+
+    def request(  # type: ignore[override]
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None,
+        post_data: Any = None,
+        *,
+        _usage: list[str] | None = None,
+    ) -> tuple[str, int, dict[str, str]]:
+        if self.offline:
+            raise stripe.APIConnectionError("Connection refused by the fake network")  # type: ignore[no-untyped-call]
+        split = urlsplit(url)
+        query = post_data if method.lower() == "post" else split.query
+        params = dict(parse_qsl(query or "", keep_blank_values=True))
+        request = FakeRequest(method.lower(), split.path, params, dict(headers or {}))
+        self.requests.append(request)
+        if self.error is not None:
+            status, error = self.error
+            return json.dumps({"error": error}), status, {}
+        key = request.headers.get("Idempotency-Key")
+        if request.method == "post" and key in self._replies:
+            return self._replies[key]
+        status, body = self._answer(request)
+        reply: tuple[str, int, dict[str, str]] = (json.dumps(body), status, {})
+        if request.method == "post" and key and status < 400:
+            self._replies[key] = reply
+        return reply
+
+    def close(self) -> None:
+        pass
+
+    def posts(self, path: str) -> list[FakeRequest]:
+        return [r for r in self.requests if r.method == "post" and r.path == path]
+
+    def _id(self, prefix: str) -> str:
+        return f"{prefix}_fake{next(self._ids)}"
+
+    def _answer(self, request: FakeRequest) -> tuple[int, dict[str, Any]]:
+        parts = request.path.strip("/").split("/")[1:]
+        p = request.params
+        if parts == ["payment_intents"] and request.method == "post":
+            intent_id = self._id("pi")
+            self.intents[intent_id] = {
+                "id": intent_id,
+                "object": "payment_intent",
+                "amount": int(p["amount"]),
+                "amount_received": 0,
+                "currency": p["currency"],
+                "customer": p.get("customer"),
+                "metadata": request.metadata(),
+                "status": "requires_payment_method",
+                "client_secret": f"{intent_id}_secret_fake",
+                "last_payment_error": None,
+                "latest_charge": None,
+                "cancellation_reason": None,
+            }
+            return 200, self.intents[intent_id]
+        if parts[:1] == ["payment_intents"] and len(parts) == 2 and parts[1] in self.intents:
+            return 200, self.intents[parts[1]]
+        if parts == ["refunds"] and request.method == "post":
+            intent = self.intents[p["payment_intent"]]
+            refund_id = self._id("re")
+            self.refunds[refund_id] = {
+                "id": refund_id,
+                "object": "refund",
+                "amount": intent["amount"],
+                "currency": intent["currency"],
+                "payment_intent": intent["id"],
+                "status": self.refund_status,
+                "failure_reason": "expired_or_canceled_card"
+                if self.refund_status == "failed"
+                else None,
+            }
+            return 200, self.refunds[refund_id]
+        if parts == ["customers"] and request.method == "post":
+            customer_id = self._id("cus")
+            self.customers[customer_id] = {
+                "id": customer_id,
+                "object": "customer",
+                "email": p.get("email"),
+                "metadata": request.metadata(),
+                "balance": 0,
+                "currency": None,
+            }
+            return 200, self.customers[customer_id]
+        if parts == ["customers"]:
+            found = [c for c in self.customers.values() if c["email"] == p.get("email")]
+            return 200, {"object": "list", "data": found[:1], "has_more": False, "url": "/v1/x"}
+        if parts[:1] == ["customers"] and len(parts) == 2 and parts[1] in self.customers:
+            return 200, self.customers[parts[1]]
+        return 404, {"error": {"type": "invalid_request_error", "message": "No such object"}}
+
+
+# -- a service on the in-memory backend ------------------------------------------------
+
+
+@dataclass
+class Shop:
+    """A payment service with a few offers, on the in-memory backend and a frozen clock."""
+
+    service: PaymentService
+    client: StripePaymentClient
+    clock: FrozenClock
+    offers: dict[str, Offer]
+
+    def offer(self, key: str) -> Offer:
+        return self.offers[key]
+
+
+def _catalogue() -> list[Offer]:
+    return [
+        Offer(
+            key="pack",
+            name="100 tokens",
+            kind=OfferKind.TOKENS,
+            offer_group="ai",
+            cycle=Cycle.MONTHLY,
+            price=Decimal("19.99"),
+            currency="usd",
+            token_count=100,
+        ),
+        Offer(
+            key="yen",
+            name="Yen pack",
+            kind=OfferKind.TOKENS,
+            offer_group="ai",
+            cycle=Cycle.ONCE,
+            price=Decimal(500),
+            currency="jpy",
+            token_count=10,
+        ),
+        Offer(
+            key="dinar",
+            name="Dinar pack",
+            kind=OfferKind.TOKENS,
+            offer_group="ai",
+            cycle=Cycle.ONCE,
+            price=Decimal("1.250"),
+            currency="kwd",
+            token_count=10,
+        ),
+        Offer(
+            key="free",
+            name="Free plan",
+            kind=OfferKind.SUBSCRIPTION,
+            offer_group="free",
+            cycle=Cycle.MONTHLY,
+            price=Decimal(0),
+            currency="usd",
+        ),
+        Offer(
+            key="fraction",
+            name="Fraction of a cent",
+            kind=OfferKind.TOKENS,
+            offer_group="ai",
+            cycle=Cycle.ONCE,
+            price=Decimal("0.005"),
+            currency="usd",
+            token_count=1,
+        ),
+    ]
+
+
+def make_shop(client: StripePaymentClient, clock: FrozenClock | None = None) -> Shop:
+    factory = InMemoryDaoFactory()
+    clock = clock or FrozenClock(START)
+    offers = {o.key or "": factory.get_offer_dao().create(o) for o in _catalogue()}
+    service = PaymentService(factory, client, clock=clock)
+    return Shop(service=service, client=client, clock=clock, offers=offers)
+
+
+@pytest.fixture
+def fake_stripe() -> FakeStripe:
+    return FakeStripe()
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(START)
+
+
+@pytest.fixture
+def client(fake_stripe: FakeStripe, clock: FrozenClock) -> StripePaymentClient:
+    return StripePaymentClient(
+        API_KEY,
+        WEBHOOK_SECRET,
+        http_client=fake_stripe,
+        max_network_retries=0,
+        clock=clock,
+    )
+
+
+@pytest.fixture
+def shop(client: StripePaymentClient, clock: FrozenClock) -> Shop:
+    return make_shop(client, clock)
+
+
+# -- webhook signatures ----------------------------------------------------------------
+
+
+def sign(payload: str | bytes, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> str:
+    """A ``Stripe-Signature`` header computed here: ``t=<unix time>,v1=<HMAC-SHA256 hex>`` of
+    ``"<t>.<payload>"`` keyed with the endpoint secret."""
+    body = payload if isinstance(payload, bytes) else payload.encode()
+    moment = int(time.time()) if timestamp is None else timestamp
+    digest = hmac.new(secret.encode(), f"{moment}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={moment},v1={digest}"
+
+
+@pytest.fixture
+def signer() -> Callable[..., str]:
+    return sign
+
+
+def event_body(event_type: str, obj: dict[str, Any], event_id: str = "evt_test_1") -> str:
+    return json.dumps(
+        {
+            "id": event_id,
+            "object": "event",
+            "type": event_type,
+            "created": int(time.time()),
+            "livemode": False,
+            "api_version": "2024-06-20",
+            "data": {"object": obj},
+        }
+    )
+
+
+@pytest.fixture
+def make_event() -> Callable[..., str]:
+    return event_body
+
+
+@pytest.fixture
+def make_shop_for() -> Callable[..., Shop]:
+    return make_shop
+
+
+# -- localstripe -----------------------------------------------------------------------
+
+_SERVER = """
+import sys
+
+from aiohttp import web
+from localstripe.resources import Store
+from localstripe.server import app
+
+# State stays in this process: nothing is read from or written to /tmp/localstripe.pickle.
+Store.dump_to_disk = lambda self: None
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+"""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], deadline: float) -> None:
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"localstripe exited with code {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"localstripe did not listen on 127.0.0.1:{port} in time")
+
+
+@pytest.fixture(scope="session")
+def localstripe_server() -> Iterator[str]:
+    """The base URL of a localstripe server on loopback, for the whole session."""
+    port = free_port()
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _SERVER, str(port)], stdout=log, stderr=log
+        )
+        try:
+            _wait_for_port(port, process, time.monotonic() + 20)
+        except RuntimeError as e:
+            _stop(process)
+            log.seek(0)
+            raise RuntimeError(f"{e}\n{log.read().decode(errors='replace')}") from None
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+@pytest.fixture
+def localstripe(localstripe_server: str) -> str:
+    """The localstripe URL, its data emptied first (``DELETE /_config/data``)."""
+    request = urllib.request.Request(f"{localstripe_server}/_config/data", method="DELETE")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+    return localstripe_server
