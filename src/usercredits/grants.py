@@ -18,6 +18,7 @@ a slightly different order still yields a consistent answer.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -71,20 +72,21 @@ class _Replay:
         if key is None:
             self.state.unattributed += tokens
             return
-        if key in self.live:
-            self.live[key].remaining += tokens
-            return
-        self.live[key] = _Grant(tokens, expires, seq)
-        self.draw_order = sorted(self.live, key=lambda k: self.live[k].order_key())
+        if key not in self.live:
+            self.live[key] = _Grant(0, expires, seq)
+        self.live[key].remaining += tokens
+        if self.live[key].remaining > 0 and key not in self.draw_order:
+            bisect.insort(self.draw_order, key, key=lambda k: self.live[k].order_key())
 
     def draw(self, tokens: int) -> None:
-        for key in self.draw_order:
-            if tokens == 0:
-                return
-            grant = self.live[key]
+        # Spent grants leave the draw order: each consumption only visits grants that hold.
+        while tokens and self.draw_order:
+            grant = self.live[self.draw_order[0]]
             taken = min(grant.remaining, tokens)
             grant.remaining -= taken
             tokens -= taken
+            if grant.remaining == 0:
+                self.draw_order.pop(0)
         taken = min(max(self.state.unattributed, 0), tokens)
         self.state.unattributed -= taken
         self.state.debt += tokens - taken
@@ -94,7 +96,8 @@ class _Replay:
         self.state.ended.add(key)
         held = 0
         if grant is not None:
-            self.draw_order.remove(key)
+            if key in self.draw_order:
+                self.draw_order.remove(key)
             held = grant.remaining
         taken = min(held, tokens)
         # What the ended grant still held beyond the removal stays in the balance, ungranted.
@@ -103,13 +106,14 @@ class _Replay:
 
     def apply(self, line: TokenTimetable, seq: int) -> None:
         key = None if line.order_id is None else str(line.order_id)
-        if line.tokens >= 0:
+        ends = line.reason in (LedgerReason.EXPIRY, LedgerReason.REFUND)
+        if ends and key is not None and line.tokens <= 0:
+            self.end(key, -line.tokens)
+        elif line.tokens >= 0:
             if line.reason is LedgerReason.PURCHASE:
                 self.grant(key, line.tokens, line.expires, seq)
             else:
                 self.grant(None, line.tokens, None, seq)
-        elif line.reason in (LedgerReason.EXPIRY, LedgerReason.REFUND) and key is not None:
-            self.end(key, -line.tokens)
         else:
             self.draw(-line.tokens)
 

@@ -73,13 +73,38 @@ def _matches(entity: Any, filters: Filters | None) -> bool:
     return all(_same(name, getattr(entity, name), value) for name, value in (filters or {}).items())
 
 
-class _Table(Generic[E]):
-    """Entities of one kind by ``str(id)``, in creation order, copied in and out."""
+def _index_key(name: str, value: Any) -> Any:
+    return _user_key(value) if name == "user_id" else str(value)
 
-    def __init__(self, kind: type[E], lock: threading.RLock):
+
+class _Table(Generic[E]):
+    """Entities of one kind by ``str(id)``, in creation order, copied in and out with
+    ``clone``, and indexed on ``indexed`` fields like a database would be."""
+
+    def __init__(
+        self,
+        kind: type[E],
+        lock: threading.RLock,
+        indexed: tuple[str, ...] = (),
+        clone: Callable[[E], E] = copy.deepcopy,
+    ):
         self.kind = kind
         self.lock = lock
+        self.clone = clone
         self.rows: dict[str, E] = {}
+        self.order: dict[str, int] = {}
+        self.indexes: dict[str, dict[Any, set[str]]] = {name: {} for name in indexed}
+
+    def _index(self, key: str, row: E, add: bool) -> None:
+        for name, index in self.indexes.items():
+            value = getattr(row, name)
+            if value is None:
+                continue
+            ids = index.setdefault(_index_key(name, value), set())
+            if add:
+                ids.add(key)
+            else:
+                ids.discard(key)
 
     def insert(self, entity: E) -> E:
         stored = copy.deepcopy(entity)
@@ -89,15 +114,25 @@ class _Table(Generic[E]):
         if key in self.rows:
             raise DuplicateEntityError(f"{self.kind.__name__} {key!r} already exists")
         self.rows[key] = stored
-        return copy.deepcopy(stored)
+        self.order[key] = len(self.order)
+        self._index(key, stored, add=True)
+        return self.clone(stored)
 
     def get(self, entity_id: EntityId) -> E | None:
         row = self.rows.get(str(entity_id)) if entity_id is not None else None
-        return copy.deepcopy(row)
+        return None if row is None else self.clone(row)
+
+    def candidates(self, filters: Filters | None) -> list[E]:
+        """The stored rows that may match ``filters`` (narrowed by an index), in creation order."""
+        for name, value in (filters or {}).items():
+            if name in self.indexes and value is not None:
+                ids = self.indexes[name].get(_index_key(name, value), set())
+                return [self.rows[i] for i in sorted(ids, key=self.order.__getitem__)]
+        return list(self.rows.values())
 
     def select(self, filters: Filters | None) -> list[E]:
         _check_fields(self.kind, (filters or {}).keys())
-        return [copy.deepcopy(row) for row in self.rows.values() if _matches(row, filters)]
+        return [self.clone(row) for row in self.candidates(filters) if _matches(row, filters)]
 
     def replace(self, entity_id: EntityId, changes: Mapping[str, Any]) -> E | None:
         _check_fields(self.kind, changes.keys())
@@ -107,11 +142,17 @@ class _Table(Generic[E]):
         if entity_id is None or key not in self.rows:
             return None
         updated = dataclasses.replace(self.rows[key], **copy.deepcopy(dict(changes)))  # type: ignore[type-var]
+        self._index(key, self.rows[key], add=False)
         self.rows[key] = updated
-        return copy.deepcopy(updated)
+        self._index(key, updated, add=True)
+        return self.clone(updated)
 
     def remove(self, entity_id: EntityId) -> bool:
-        return entity_id is not None and self.rows.pop(str(entity_id), None) is not None
+        if entity_id is None or str(entity_id) not in self.rows:
+            return False
+        row = self.rows.pop(str(entity_id))
+        self._index(str(entity_id), row, add=False)
+        return True
 
 
 class _CrudDao(Generic[E]):
@@ -211,15 +252,7 @@ class InMemoryOrderDao(_CrudDao[Order], OrderDao):
         return super().update_by_id(entity_id, changes)
 
     def find_by_payment_intent_id(self, payment_intent_id: str) -> Order | None:
-        with self._lock:
-            return next(
-                (
-                    copy.deepcopy(o)
-                    for o in self._table.rows.values()
-                    if o.payment_intent_id is not None and o.payment_intent_id == payment_intent_id
-                ),
-                None,
-            )
+        return self.find_one({"payment_intent_id": payment_intent_id})
 
     def transition(
         self,
@@ -242,7 +275,7 @@ class InMemoryOrderDao(_CrudDao[Order], OrderDao):
         with self._lock:
             due = [
                 copy.deepcopy(o)
-                for o in self._table.rows.values()
+                for o in self._table.candidates({"user_id": user_id})
                 if o.status is Status.PAID
                 and o.expires is not None
                 and o.expires <= now
@@ -339,7 +372,7 @@ class InMemoryTokenTimetableDao(_CrudDao[TokenTimetable], TokenTimetableDao):
         with self._lock:
             clash = self._clash(line)
             if clash is not None:
-                return copy.deepcopy(clash), False
+                return self._table.clone(clash), False
             return self._store(line), True
 
     def update_by_id(
@@ -373,12 +406,12 @@ class InMemoryTokenTimetableDao(_CrudDao[TokenTimetable], TokenTimetableDao):
     def find_by_idempotency_key(self, user_id: UserId, key: str) -> TokenTimetable | None:
         with self._lock:
             row_id = self._by_key.get((_user_key(user_id), key))
-            return None if row_id is None else copy.deepcopy(self._table.rows[row_id])
+            return None if row_id is None else self._table.clone(self._table.rows[row_id])
 
     def find_group(self, user_id: UserId, offer_group: str) -> list[TokenTimetable]:
         with self._lock:
             ids = self._by_group.get((_user_key(user_id), offer_group), [])
-            return [copy.deepcopy(self._table.rows[i]) for i in ids]
+            return [self._table.clone(self._table.rows[i]) for i in ids]
 
 
 @dataclasses.dataclass
@@ -490,7 +523,11 @@ class InMemoryUserCreditsDao(UserCreditsDao):
             if record is None:
                 return None
             updated = dataclasses.replace(record.view(), **copy.deepcopy(dict(changes)))
-            self._load(record, updated)
+            if "offers" in changes:
+                self._load(record, updated)
+            else:
+                # Rebuilding the groups from their views would lose the dated end they hide.
+                record.subscriptions = updated.subscriptions
             return record.view()
 
     def delete_by_id(self, entity_id: EntityId) -> bool:
@@ -645,8 +682,13 @@ class InMemoryDaoFactory(DaoFactory):
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._offers = InMemoryOfferDao(_Table(Offer, self._lock))
-        self._orders = InMemoryOrderDao(_Table(Order, self._lock))
-        self._ledger = InMemoryTokenTimetableDao(_Table(TokenTimetable, self._lock))
+        self._orders = InMemoryOrderDao(
+            _Table(Order, self._lock, indexed=("user_id", "payment_intent_id", "parent_id"))
+        )
+        # Ledger lines hold only immutable values: a shallow copy isolates them.
+        self._ledger = InMemoryTokenTimetableDao(
+            _Table(TokenTimetable, self._lock, indexed=("user_id",), clone=copy.copy)
+        )
         self._credits = InMemoryUserCreditsDao(self._lock)
 
     def get_offer_dao(self) -> InMemoryOfferDao:

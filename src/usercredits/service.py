@@ -26,7 +26,7 @@ from usercredits.errors import (
     InvalidPaymentError,
     PaymentErrorCode,
 )
-from usercredits.grants import replay
+from usercredits.grants import GroupState, replay
 from usercredits.models import (
     CombinedOrder,
     Cycle,
@@ -52,6 +52,7 @@ logger = logging.getLogger("usercredits")
 _SETTLEABLE = frozenset({Status.PENDING, Status.REFUSED, Status.ERROR})
 _REFUNDABLE = frozenset({Status.PAID, Status.EXPIRED})
 _REVOKE_ATTEMPTS = 8
+_KEY_WAITS = 6
 
 
 def _is_count(value: Any) -> bool:
@@ -218,6 +219,8 @@ class PaymentService:
             created_at=now,
             updated_at=now,
         )
+        if order.total > 0:
+            self._client.check_order(order)
         stored = self._orders.create(order)
         self._credits.get_or_create(user_id)
         self._credits.add_subscriptions(user_id, self._subscriptions(stored, offer))
@@ -346,7 +349,8 @@ class PaymentService:
                 f"order {order.id!r} has no payment intent to settle", order_id=order.id
             )
         self._apply_outcome(order, self._client.after_payment_executed(copy.deepcopy(order)))
-        return self._credits.get_or_create(order.user_id)
+        credits = self._credits.find_by_user_id(order.user_id)
+        return credits if credits is not None else self._credits.get_or_create(order.user_id)
 
     def _apply_outcome(self, order: Order, outcome: Order) -> Order:
         new_entries = outcome.history[len(order.history) :]
@@ -519,11 +523,15 @@ class PaymentService:
         if created:
             self._credits.add_tokens(user_id, offer_group, tokens, now=now)
 
-    def _set_subscriptions(self, order: Order, changes: Mapping[str, Any]) -> None:
-        if order.parent_id is not None:
+    def _set_subscriptions(
+        self, order: Order, changes: Mapping[str, Any], *, own: bool = False
+    ) -> None:
+        """Change the order's subscriptions: a bundle item's own one; a root order's and, unless
+        ``own``, its items' too (they follow the root until it is paid)."""
+        if order.parent_id is not None or own:
             self._credits.update_subscriptions(
                 order.user_id,
-                order.parent_id,
+                order.id if order.parent_id is None else order.parent_id,
                 changes,
                 offer_id=order.offer_id,
                 offer_group=order.offer_group,
@@ -586,11 +594,13 @@ class PaymentService:
             live = self._orders.find_paid(refunded.user_id, group)
             starts = min((o.starts for o in live if o.starts is not None), default=None)
             ends = [o.expires for o in live if o.expires is not None]
+            # With no live order left, the group's window closes now: the expiry routine
+            # then drops the group once its balance is spent.
             self._credits.reset_window(
                 refunded.user_id,
                 group,
                 starts,
-                max(ends, default=None),
+                max(ends, default=None if live else entry.date),
                 any(o.expires is None for o in live),
             )
         return refunded
@@ -711,6 +721,10 @@ class PaymentService:
             user_id, offer_group, -count, now=now, floor=None if allow_negative else 0
         )
         if balance is None:
+            if idempotency_key is not None:
+                known = self._wait_for_key(user_id, idempotency_key)
+                if known is not None:
+                    return self._same_consumption(known, offer_group, count)
             current = self.remaining_tokens(user_id, offer_group)
             raise InsufficientCreditsError(
                 f"user {user_id!r} has {current} tokens in {offer_group!r}; {count} requested",
@@ -731,6 +745,16 @@ class PaymentService:
             self._credits.add_tokens(user_id, offer_group, count, now=now)
             return self._same_consumption(stored, offer_group, count)
         return stored
+
+    def _wait_for_key(self, user_id: UserId, key: str) -> TokenTimetable | None:
+        """The line recorded with ``key``, waiting briefly for a racing call with the same key
+        that took the tokens first but has not recorded its line yet."""
+        for attempt in range(_KEY_WAITS):
+            known = self._ledger.find_by_idempotency_key(user_id, key)
+            if known is not None or attempt == _KEY_WAITS - 1:
+                return known
+            time.sleep(0.001 * 2**attempt)
+        return None
 
     def remaining_tokens(self, user_id: UserId, offer_group: str) -> int:
         """The user's balance in ``offer_group`` (0 when the user has no such group)."""
@@ -779,12 +803,19 @@ class PaymentService:
             if expired is None:
                 continue
             report.expired_orders.append(expired)
-            self._set_subscriptions(expired, {"status": Status.EXPIRED})
-            if expired.token_count > 0:
-                removed = self._revoke(expired, LedgerReason.EXPIRY)
-                if removed:
-                    group = expired.offer_group
-                    report.removed_tokens[group] = report.removed_tokens.get(group, 0) + removed
+            # Bundle items expire as child orders, each with its own window.
+            self._set_subscriptions(expired, {"status": Status.EXPIRED}, own=True)
+        # Ending one grant leaves the others' remainders as they were: one replay per group.
+        states: dict[str, GroupState] = {}
+        for expired in report.expired_orders:
+            if expired.token_count <= 0:
+                continue
+            group = expired.offer_group
+            if group not in states:
+                states[group] = replay(self._ledger.find_group(user_id, group))
+            removed = self._revoke(expired, LedgerReason.EXPIRY, states[group])
+            if removed:
+                report.removed_tokens[group] = report.removed_tokens.get(group, 0) + removed
         credits = self._credits.find_by_user_id(user_id)
         if credits is None:
             return report
@@ -825,22 +856,32 @@ class PaymentService:
                 )
         return report
 
-    def _revoke(self, order: Order, reason: LedgerReason) -> int:
-        """Remove what the order's grant still holds; how many tokens were removed."""
+    def _revoke(self, order: Order, reason: LedgerReason, state: GroupState | None = None) -> int:
+        """Remove what the order's grant still holds (from ``state``, a fresh replay of its
+        group, when given; it is brought up to date afterwards); how many tokens were removed.
+
+        The balance is lowered only while it is not below the replayed ledger's sum (a
+        consumption landing meanwhile makes it replay again), then the line is recorded and
+        checked against the lines before it: if a racing line made the grant hold less, the
+        line and the balance are corrected, so a grant never loses more than it held."""
         user_id, group = order.user_id, order.offer_group
         now = self.now()
         removed = 0
+        replayed = state
         for attempt in range(_REVOKE_ATTEMPTS):
-            state = replay(self._ledger.find_group(user_id, group))
-            if str(order.id) in state.ended:
+            if replayed is None or attempt > 0:
+                replayed = replay(self._ledger.find_group(user_id, group))
+            if str(order.id) in replayed.ended:
                 return 0
-            remainder = state.remainder(order.id)
+            remainder = replayed.remainder(order.id)
             if remainder <= 0:
                 return 0
-            if self._credits.add_tokens(user_id, group, -remainder, now=now, floor=0) is not None:
+            floor = replayed.balance - remainder
+            taken = self._credits.add_tokens(user_id, group, -remainder, now=now, floor=floor)
+            if taken is not None:
                 removed = remainder
                 break
-            # A consumption changed the balance but its ledger line is not visible yet.
+            # The balance and the ledger disagree: a consumption or grant is in flight.
             time.sleep(0.001 * 2**attempt)
         else:
             current = self.remaining_tokens(user_id, group)
@@ -864,10 +905,32 @@ class PaymentService:
             order_id=order.id,
             reason=reason,
         )
-        _, created = self._ledger.insert_once(line)
+        stored, created = self._ledger.insert_once(line)
         if not created:
             self._credits.add_tokens(user_id, group, removed, now=now)
             return 0
+        lines = self._ledger.find_group(user_id, group)
+        position = next((i for i, x in enumerate(lines) if str(x.id) == str(stored.id)), None)
+        if position is None:
+            return removed
+        held = max(replay(lines[:position]).remainder(order.id), 0)
+        if held < removed:
+            # A line recorded between our replay and our line drew from this grant first.
+            self._ledger.update_by_id(stored.id, {"tokens": -held})
+            self._credits.add_tokens(user_id, group, removed - held, now=now)
+            logger.warning(
+                "order %s: %d tokens were drawn meanwhile; removed %d, not %d",
+                order.id,
+                removed - held,
+                held,
+                removed,
+            )
+            lines[position] = dataclasses.replace(lines[position], tokens=-held)
+            removed = held
+        if state is not None:
+            fresh = replay(lines)
+            state.grants, state.unattributed = fresh.grants, fresh.unattributed
+            state.debt, state.ended = fresh.debt, fresh.ended
         return removed
 
 

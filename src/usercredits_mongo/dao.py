@@ -121,12 +121,23 @@ class MongoStore:
         return self.database[collection_name(document)]
 
     def create_indexes(self) -> None:
-        """Create every index the DAOs rely on; indexes that exist already are kept."""
+        """Create every index the DAOs rely on; indexes that exist already are kept, and an
+        index of the same name with other keys or uniqueness raises StorageError."""
         with self.guard("create the indexes"):
             for document, indexes in INDEXES.items():
                 collection = self.collection(document)
+                existing = collection.index_information()
                 for index in indexes:
-                    collection.create_index(index.keys, **index.create_options())
+                    found = existing.get(index.name)
+                    if found is None:
+                        collection.create_index(index.keys, **index.create_options())
+                    elif [tuple(k) for k in found["key"]] != [tuple(k) for k in index.keys] or (
+                        bool(found.get("unique")) != index.unique
+                    ):
+                        raise StorageError(
+                            f"MongoDB failed to create the indexes: index {index.name!r} of "
+                            f"{collection.name} exists with other keys or options ({found})"
+                        )
 
     @contextmanager
     def guard(self, operation: str) -> Iterator[None]:

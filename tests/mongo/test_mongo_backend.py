@@ -7,6 +7,7 @@ race for real when ``USERCREDITS_TEST_MONGO_URI`` names a MongoDB server.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import uuid
@@ -214,6 +215,16 @@ def test_creating_the_indexes_again_keeps_them_and_the_data(shared_alias: str) -
     again = MongoDaoFactory(shared_alias, "shop")
     assert again.database["usercredits_offers"].index_information() == before
     assert again.get_offer_dao().find({}) == [stored]
+
+
+def test_reopening_a_database_with_offers_without_key_keeps_its_indexes(
+    shared_alias: str,
+) -> None:
+    first = MongoDaoFactory(shared_alias, "shop")
+    for _ in range(2):
+        first.get_offer_dao().create(dataclasses.replace(_offer(), key=None))
+    again = MongoDaoFactory(shared_alias, "shop")
+    assert again.get_offer_dao().count({}) == 2
 
 
 def test_a_conflicting_index_raises_storage_error(shared_alias: str) -> None:

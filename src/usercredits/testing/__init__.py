@@ -7,3 +7,13 @@ to return a fresh, empty backend::
         def make_dao_factory(self) -> DaoFactory:
             return MyDaoFactory(...)
 """
+
+try:
+    import pytest
+except ImportError:  # the fakes work without pytest; only the contract classes need it
+    pass
+else:
+    # Contract failures then show the compared values, as in a backend's own test files.
+    pytest.register_assert_rewrite(
+        f"{__name__}.base", f"{__name__}.dao_contracts", f"{__name__}.service_contracts"
+    )
