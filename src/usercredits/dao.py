@@ -147,7 +147,11 @@ class UserCreditsDao(Dao[UserCredits]):
     The balance of a group and its validity window live together and change only
     through the atomic operations below. A group's window is the span of its paid
     orders: ``ActivatedOffer.expires`` is the latest end of a dated window, or None
-    when an order never expires (or no order opened one)."""
+    when an order never expires (or no order opened one).
+
+    ``create``, ``update_by_id`` and ``delete_by_id`` replace or remove a user's whole
+    credits: they are administrative tools, not atomic across groups in a backend that stores
+    each group apart, and the services never call them."""
 
     @abc.abstractmethod
     def find_by_user_id(self, user_id: UserId) -> UserCredits | None:

@@ -1,7 +1,13 @@
-"""The contract test suite every storage backend must pass (requires pytest).
+"""Testing tools: the contract suite every storage backend must pass, and fakes.
 
-Subclass each contract class once per backend and implement ``make_dao_factory``
-to return a fresh, empty backend::
+- :mod:`usercredits.testing.dao_contracts`: one contract class per DAO interface;
+- :mod:`usercredits.testing.service_contracts`: the service's rules, run on a backend;
+- :mod:`usercredits.testing.fakes`: ``FakePaymentClient``, a scripted payment gateway.
+
+The contract classes need pytest. Subclass each one once per backend and implement
+``make_dao_factory`` to return a fresh, empty backend::
+
+    from usercredits.testing.dao_contracts import OfferDaoContract
 
     class TestMyOfferDao(OfferDaoContract):
         def make_dao_factory(self) -> DaoFactory:
