@@ -52,7 +52,7 @@ logger = logging.getLogger("usercredits")
 _SETTLEABLE = frozenset({Status.PENDING, Status.REFUSED, Status.ERROR})
 _REFUNDABLE = frozenset({Status.PAID, Status.EXPIRED})
 _REVOKE_ATTEMPTS = 8
-_KEY_WAITS = 6
+_KEY_WAITS = 4
 
 
 def _is_count(value: Any) -> bool:
