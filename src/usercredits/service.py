@@ -28,6 +28,7 @@ from usercredits.errors import (
 )
 from usercredits.grants import GroupState, replay
 from usercredits.models import (
+    CombinedOffer,
     CombinedOrder,
     Cycle,
     EntityId,
@@ -198,10 +199,8 @@ class PaymentService:
                 raise InvalidOrderError(str(e)) from None
             if starts <= now:
                 raise InvalidOrderError(f"starts must be in the future, got {starts.isoformat()}")
-        items = [
-            self._combined_order(offer, item_index, quantity)
-            for item_index in range(len(offer.combined_items))
-        ]
+        bundled = [(item, self._bundled_offer(offer, item)) for item in offer.combined_items]
+        items = [self._combined_order(item, item_offer, quantity) for item, item_offer in bundled]
         order = Order(
             user_id=user_id,
             offer_id=offer.id,
@@ -223,19 +222,23 @@ class PaymentService:
             self._client.check_order(order)
         stored = self._orders.create(order)
         self._credits.get_or_create(user_id)
-        self._credits.add_subscriptions(user_id, self._subscriptions(stored, offer))
+        names = [offer.name, *(item_offer.name for _, item_offer in bundled)]
+        self._credits.add_subscriptions(user_id, self._subscriptions(stored, names))
         if stored.total > 0:
             return self._attach_intent(stored, {Status.PENDING})
         self._settle(stored, self._entry(Status.PAID, "Free subscription succeeded"))
         return self._load_order(stored.id)
 
-    def _combined_order(self, offer: Offer, index: int, quantity: int) -> CombinedOrder:
-        item = offer.combined_items[index]
+    def _bundled_offer(self, offer: Offer, item: CombinedOffer) -> Offer:
         item_offer = self._offers.find_by_id(item.offer_id) if item.offer_id is not None else None
         if item_offer is None:
             raise EntityNotFoundError(
                 f"offer {offer.name!r} bundles offer {item.offer_id!r}, which does not exist"
             )
+        return item_offer
+
+    @staticmethod
+    def _combined_order(item: CombinedOffer, item_offer: Offer, quantity: int) -> CombinedOrder:
         cycle = item.cycle or item_offer.cycle
         custom = item.custom_cycle if item.cycle is not None else item_offer.custom_cycle
         units = item.quantity * quantity
@@ -248,11 +251,14 @@ class PaymentService:
             token_count=(item_offer.token_count or 0) * units,
         )
 
-    def _subscriptions(self, order: Order, offer: Offer) -> list[Subscription]:
+    @staticmethod
+    def _subscriptions(order: Order, names: list[str]) -> list[Subscription]:
+        """One subscription for the order and one per bundle item; ``names`` are the offers'
+        names, the root's first."""
         root = Subscription(
             offer_id=order.offer_id,
             order_id=order.id,
-            name=offer.name,
+            name=names[0],
             offer_group=order.offer_group,
             cycle=order.cycle,
             custom_cycle=order.custom_cycle,
@@ -264,13 +270,12 @@ class PaymentService:
             currency=order.currency,
         )
         subs = [root]
-        for item in order.combined_items:
-            item_offer = self._offers.find_by_id(item.offer_id)
+        for item, name in zip(order.combined_items, names[1:], strict=True):
             subs.append(
                 Subscription(
                     offer_id=item.offer_id,
                     order_id=order.id,
-                    name=item_offer.name if item_offer else "",
+                    name=name,
                     offer_group=item.offer_group,
                     cycle=item.cycle or order.cycle,
                     custom_cycle=item.custom_cycle,
@@ -301,8 +306,7 @@ class PaymentService:
             self._entry(Status.PENDING, f"Payment intent {with_intent.payment_intent_id} created"),
         )
         if stored is None:
-            current = self._load_order(order.id)
-            self._refuse_payment(current)
+            current = self._after_lost_race(order.id)
             raise InvalidPaymentError(
                 f"order {order.id!r} changed to {current.status} meanwhile; try again",
                 order_id=order.id,
@@ -328,6 +332,13 @@ class PaymentService:
                 order_id=order.id,
             )
 
+    def _after_lost_race(self, order_id: EntityId) -> Order:
+        """The order as a concurrent call left it, once a conditional change of it failed;
+        raises the error of :meth:`_refuse_payment` when it can no longer be paid."""
+        current = self._load_order(order_id)
+        self._refuse_payment(current)
+        return current
+
     def pay_order(self, order_id: EntityId) -> Order:
         """A new payment intent for a pending, refused or failed order (back to ``pending``)."""
         order = self._load_order(order_id)
@@ -352,15 +363,17 @@ class PaymentService:
         credits = self._credits.find_by_user_id(order.user_id)
         return credits if credits is not None else self._credits.get_or_create(order.user_id)
 
+    def _client_entry(
+        self, order: Order, outcome: Order, status: Status, default: str
+    ) -> OrderStatus:
+        """The history entry the payment client appended to its copy of ``order``, dated by the
+        service's clock (``default`` is the message when it appended none)."""
+        added = outcome.history[len(order.history) :]
+        last = added[-1] if added else OrderStatus()
+        return self._entry(status, last.message or default, last.payload)
+
     def _apply_outcome(self, order: Order, outcome: Order) -> Order:
-        new_entries = outcome.history[len(order.history) :]
-        entry = new_entries[-1] if new_entries else OrderStatus(status=outcome.status)
-        entry = OrderStatus(
-            date=self.now(),
-            status=outcome.status,
-            message=entry.message or f"Payment {outcome.status}",
-            payload=entry.payload,
-        )
+        entry = self._client_entry(order, outcome, outcome.status, f"Payment {outcome.status}")
         if outcome.status is Status.PAID:
             return self._settle(order, entry)
         if outcome.status is Status.PENDING:
@@ -380,8 +393,7 @@ class PaymentService:
                 order_id=order.id,
             )
         if stored is None:
-            self._refuse_payment(self._load_order(order.id))
-            return self._load_order(order.id)
+            return self._after_lost_race(order.id)
         return stored
 
     def _settle(self, order: Order, entry: OrderStatus) -> Order:
@@ -391,8 +403,7 @@ class PaymentService:
             order.id, _SETTLEABLE, {"status": Status.PAID, "updated_at": now}, entry
         )
         if paid is None:
-            self._refuse_payment(self._load_order(order.id))
-            return self._load_order(order.id)
+            return self._after_lost_race(order.id)
         offer = self._offers.find_by_id(paid.offer_id)
         starts, expires = self._window(
             paid,
@@ -561,10 +572,9 @@ class PaymentService:
                 order_id=order.id,
             )
         outcome = self._client.refund(copy.deepcopy(order))
-        new_entries = outcome.history[len(order.history) :]
-        message = new_entries[-1].message if new_entries else "Refunded"
-        payload = new_entries[-1].payload if new_entries else None
-        return self._apply_refund(order, self._entry(Status.REFUNDED, message, payload))
+        return self._apply_refund(
+            order, self._client_entry(order, outcome, Status.REFUNDED, "Refunded")
+        )
 
     def _apply_refund(self, order: Order, entry: OrderStatus) -> Order:
         refunded = self._orders.transition(
