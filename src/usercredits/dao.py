@@ -18,6 +18,7 @@ from typing import Any, Generic, TypeVar
 from usercredits.models import (
     ActivatedOffer,
     EntityId,
+    LedgerReason,
     Offer,
     Order,
     OrderStatus,
@@ -32,6 +33,12 @@ T = TypeVar("T")
 
 Filters = Mapping[str, Any]
 """Model field names mapped to the values they must equal; ``{}`` matches everything."""
+
+ID_FIELDS = frozenset({"id", "offer_id", "order_id", "parent_id"})
+"""Model fields holding entity ids: a filter on one accepts an id or its ``str()``."""
+
+ONCE_PER_ORDER = (LedgerReason.PURCHASE, LedgerReason.EXPIRY, LedgerReason.REFUND)
+"""Ledger reasons of which an order has at most one line."""
 
 
 class Dao(abc.ABC, Generic[T]):
@@ -124,7 +131,7 @@ class OrderDao(Dao[Order]):
 
 class TokenTimetableDao(Dao[TokenTimetable]):
     """The token ledger. Lines are unique per (user, idempotency key) and per (order, reason) for
-    purchase, expiry and refund lines; ``create`` raises DuplicateEntityError on a clash.
+    the reasons of ``ONCE_PER_ORDER``; ``create`` raises DuplicateEntityError on a clash.
     ``update_by_id`` and ``delete_by_id`` are administrative: they do not touch balances."""
 
     @abc.abstractmethod

@@ -17,6 +17,8 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from usercredits.dao import (
+    ID_FIELDS,
+    ONCE_PER_ORDER,
     DaoFactory,
     Filters,
     OfferDao,
@@ -41,9 +43,6 @@ from usercredits.models import (
 
 E = TypeVar("E")
 
-_ID_FIELDS = frozenset({"id", "offer_id", "order_id", "parent_id"})
-_ORDER_BOUND = frozenset({LedgerReason.PURCHASE, LedgerReason.EXPIRY, LedgerReason.REFUND})
-
 
 def _new_id() -> str:
     return uuid.uuid4().hex
@@ -55,7 +54,7 @@ def _user_key(user_id: UserId) -> tuple[type, Any]:
 
 
 def _same(name: str, stored: Any, wanted: Any) -> bool:
-    if name in _ID_FIELDS and stored is not None and wanted is not None:
+    if name in ID_FIELDS and stored is not None and wanted is not None:
         return str(stored) == str(wanted)
     if name == "user_id":
         return _user_key(stored) == _user_key(wanted)
@@ -323,7 +322,7 @@ class InMemoryTokenTimetableDao(_CrudDao[TokenTimetable], TokenTimetableDao):
             else (_user_key(line.user_id), line.idempotency_key)
         )
         bound = None
-        if line.order_id is not None and line.reason in _ORDER_BOUND:
+        if line.order_id is not None and line.reason in ONCE_PER_ORDER:
             bound = (str(line.order_id), line.reason)
         return idem, bound
 

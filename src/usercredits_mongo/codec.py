@@ -23,10 +23,10 @@ import mongoengine as me
 from bson import ObjectId
 from bson.binary import UUID_SUBTYPE, Binary, UuidRepresentation
 
+from usercredits.dao import ID_FIELDS
+
 M = TypeVar("M")
 
-ID_FIELDS = frozenset({"id", "offer_id", "order_id", "parent_id"})
-"""Model fields holding entity ids."""
 
 _HEX_ID = re.compile(r"[0-9a-fA-F]{24}")
 

@@ -28,6 +28,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from usercredits.dao import (
+    ONCE_PER_ORDER,
     Filters,
     OfferDao,
     OrderDao,
@@ -40,7 +41,6 @@ from usercredits.models import (
     CombinedOffer,
     CombinedOrder,
     EntityId,
-    LedgerReason,
     Offer,
     Order,
     OrderStatus,
@@ -78,7 +78,6 @@ R = TypeVar("R")
 
 Raw = dict[str, Any]
 
-_ORDER_BOUND = frozenset({LedgerReason.PURCHASE, LedgerReason.EXPIRY, LedgerReason.REFUND})
 _CHAIN_ATTEMPTS = 64
 _INSERT_ATTEMPTS = 3
 
@@ -402,7 +401,7 @@ class MongoTokenTimetableDao(_MongoCrudDao[TokenTimetable], TokenTimetableDao):
         alternatives: list[Raw] = []
         if raw.get("idempotency_key") is not None:
             alternatives.append({"user_id": user, "idempotency_key": raw["idempotency_key"]})
-        if raw.get("order_id") is not None and raw.get("reason") in _ORDER_BOUND:
+        if raw.get("order_id") is not None and raw.get("reason") in ONCE_PER_ORDER:
             alternatives.append(
                 {"user_id": user, "order_id": raw["order_id"], "reason": raw["reason"]}
             )

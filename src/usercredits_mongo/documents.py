@@ -24,6 +24,7 @@ from typing import Any
 import mongoengine as me
 from pymongo import ASCENDING
 
+from usercredits.dao import ONCE_PER_ORDER
 from usercredits.models import Cycle, LedgerReason, OfferKind, Status
 
 # Documents are never bound to a connection; extra stored fields are ignored on reading.
@@ -246,9 +247,7 @@ INDEXES: dict[type[Any], list[Index]] = {
             unique=True,
             partial={"idempotency_key": {"$type": "string"}},
         ),
-        _once_per_order(LedgerReason.PURCHASE),
-        _once_per_order(LedgerReason.EXPIRY),
-        _once_per_order(LedgerReason.REFUND),
+        *(_once_per_order(reason) for reason in ONCE_PER_ORDER),
     ],
     UserCreditsDocument: [
         Index("user_credits_user_unique", _asc("user_id"), unique=True),
