@@ -108,9 +108,10 @@ BACKENDS: dict[str, Callable[[], DaoFactory]] = {
 
 
 def _drop(factory: DaoFactory) -> None:
-    drop = getattr(factory, "drop_database", None)
-    if callable(drop):
-        drop()
+    """Close the backend, dropping its database first when it has one (MongoDB)."""
+    database = getattr(factory, "database", None)
+    if database is not None:
+        database.client.drop_database(database.name)
     factory.close()
 
 
