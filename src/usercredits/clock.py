@@ -23,10 +23,12 @@ def to_utc(moment: datetime, what: str = "datetime") -> datetime:
     """``moment`` in UTC truncated to milliseconds; naive datetimes are refused with ValueError."""
     if not isinstance(moment, datetime):
         raise ValueError(f"{what} must be a datetime, got {moment!r}")
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"{what} must be timezone-aware, got naive {moment.isoformat()}")
-    moment = moment.astimezone(UTC)
-    return moment.replace(microsecond=moment.microsecond - moment.microsecond % 1000)
+    if moment.tzinfo is not UTC:
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise ValueError(f"{what} must be timezone-aware, got naive {moment.isoformat()}")
+        moment = moment.astimezone(UTC)
+    extra = moment.microsecond % 1000
+    return moment.replace(microsecond=moment.microsecond - extra) if extra else moment
 
 
 class FrozenClock:

@@ -1,33 +1,40 @@
-"""Storage interfaces: one abstract DAO per entity and the factory that hands them out.
+"""Storage interfaces: one abstract DAO per stored entity and the factory that hands them out.
 
-Every backend (the in-memory default, MongoDB, or your own) implements these
-and must pass the contract suite in :mod:`usercredits.testing`. The services
-are correct under concurrent use from several threads and processes because
-each method below that changes a balance or an order's state is a single
-atomic operation of the backend. Ids are accepted in their native form or as
-their ``str()``; an id that matches nothing is "absent" (never an error).
+Every backend (the in-memory default, MongoDB, SQL, or your own) implements these
+and must pass the contract, concurrency and fault-injection suites of
+:mod:`usercredits.testing`. The interfaces hold what the services need and no
+more; every rule of the product lives in the services, above them.
+
+The services never need a transaction across documents. Each operation commits
+with **one** atomic write -- the next numbered line of an account appended under
+a unique index, or a conditional change of an order's status -- and everything
+written after it is an idempotent projection that a retry or ``reconcile``
+re-applies. So each method below is a single atomic operation of the backend;
+its docstring says what it guarantees. Ids are accepted in their native form or
+as their ``str()``; an id that matches nothing is "absent" (never an error).
+Driver failures are raised as :class:`~usercredits.errors.StorageError`, and a
+write that would break a uniqueness rule as
+:class:`~usercredits.errors.DuplicateEntityError`.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
+from usercredits.grants import Snapshot
 from usercredits.models import (
-    ActivatedOffer,
     EntityId,
-    LedgerReason,
     Offer,
     Order,
     OrderStatus,
     Status,
-    Subscription,
     TokenTimetable,
-    UserCredits,
     UserId,
 )
+from usercredits.windows import Window
 
 T = TypeVar("T")
 
@@ -37,16 +44,14 @@ Filters = Mapping[str, Any]
 ID_FIELDS = frozenset({"id", "offer_id", "order_id", "parent_id"})
 """Model fields holding entity ids: a filter on one accepts an id or its ``str()``."""
 
-ONCE_PER_ORDER = (LedgerReason.PURCHASE, LedgerReason.EXPIRY, LedgerReason.REFUND)
-"""Ledger reasons of which an order has at most one line."""
 
-
-class Dao(abc.ABC, Generic[T]):
-    """Create, read, update and delete one kind of entity."""
+class Reader(abc.ABC, Generic[T]):
+    """Create and read one kind of entity."""
 
     @abc.abstractmethod
     def create(self, entity: T) -> T:
-        """Store ``entity`` (its id may be None) and return the stored copy with its id."""
+        """Store ``entity`` (its id may be None) and return the stored copy with its id;
+        DuplicateEntityError when a uniqueness rule forbids it (nothing stored then)."""
 
     @abc.abstractmethod
     def find_by_id(self, entity_id: EntityId) -> T | None:
@@ -64,17 +69,18 @@ class Dao(abc.ABC, Generic[T]):
     def count(self, filters: Filters | None = None) -> int:
         """How many entities match ``filters``."""
 
+
+class OfferDao(Reader[Offer]):
+    """The catalogue; ``create`` and ``update_by_id`` refuse a ``key`` already used."""
+
     @abc.abstractmethod
-    def update_by_id(self, entity_id: EntityId, changes: Mapping[str, Any]) -> T | None:
-        """Set the given fields in one atomic write; the updated entity, None when absent."""
+    def update_by_id(self, entity_id: EntityId, changes: Mapping[str, Any]) -> Offer | None:
+        """Set the given fields in one atomic write; the updated offer, None when absent.
+        The changed offer is validated before anything is written (InvalidOfferError)."""
 
     @abc.abstractmethod
     def delete_by_id(self, entity_id: EntityId) -> bool:
-        """Delete the entity; True when it existed."""
-
-
-class OfferDao(Dao[Offer]):
-    """Offers; ``create`` raises DuplicateEntityError for a ``key`` already used."""
+        """Delete the offer; True when it existed."""
 
     @abc.abstractmethod
     def find_by_key(self, key: str) -> Offer | None:
@@ -89,12 +95,10 @@ class OfferDao(Dao[Offer]):
         """Offers whose ``unlocked_by`` names one of ``offer_groups``, in one read."""
 
 
-class OrderDao(Dao[Order]):
-    """Orders; ``payment_intent_secret`` is never stored."""
-
-    @abc.abstractmethod
-    def find_by_payment_intent_id(self, payment_intent_id: str) -> Order | None:
-        """The order whose current payment intent is this one, None when none is."""
+class OrderDao(Reader[Order]):
+    """Orders. ``payment_intent_secret`` is never stored. A child order (``parent_id`` set) is
+    unique per (``parent_id``, ``item_index``): ``create`` of a second one raises
+    DuplicateEntityError."""
 
     @abc.abstractmethod
     def transition(
@@ -109,145 +113,112 @@ class OrderDao(Dao[Order]):
         Raises EntityNotFoundError when there is no such order."""
 
     @abc.abstractmethod
+    def find_by_payment_intent_id(self, payment_intent_id: str) -> Order | None:
+        """The order whose current payment intent is this one, None when none is."""
+
+    @abc.abstractmethod
+    def find_child(self, parent_id: EntityId, item_index: int) -> Order | None:
+        """The child order of one item of a bundle order, None when not created."""
+
+    @abc.abstractmethod
     def find_due(self, user_id: UserId, now: datetime) -> list[Order]:
         """The user's paid orders whose ``expires`` is at or before ``now``, soonest first."""
 
     @abc.abstractmethod
-    def find_paid(self, user_id: UserId, offer_group: str) -> list[Order]:
-        """The user's paid orders (root or child) of ``offer_group``."""
+    def find_live(self, user_id: UserId, offer_group: str | None = None) -> list[Order]:
+        """The user's paid orders (root or child), of one group when given, in creation order."""
 
     @abc.abstractmethod
-    def find_children(self, parent_id: EntityId) -> list[Order]:
-        """The child orders created when the bundle order ``parent_id`` was paid."""
+    def find_in_progress(self, user_id: UserId) -> list[Order]:
+        """The user's orders whose ``in_progress`` is set, in creation order."""
+
+
+class TokenTimetableDao(Reader[TokenTimetable]):
+    """The token ledger, append-only: lines are created, never changed nor deleted.
+
+    ``create`` is the commit point of every change of an account. It stores the line only if
+    no stored line shares its (``user_id``, ``offer_group``, ``seq``), its (``user_id``,
+    ``idempotency_key``) or its (``user_id``, ``operation_key``) (keys when set), and raises
+    DuplicateEntityError otherwise, storing nothing. Racing creates of one ``seq`` store one
+    line. ``find`` returns lines in recording order."""
 
     @abc.abstractmethod
-    def claim_webhook_event(self, order_id: EntityId, event_id: str) -> bool:
-        """Atomically record that ``event_id`` is applied to the order; False if it already was."""
+    def lines_after(self, user_id: UserId, offer_group: str, seq: int) -> list[TokenTimetable]:
+        """The account's lines numbered above ``seq``, in order, in one read."""
 
     @abc.abstractmethod
-    def release_webhook_event(self, order_id: EntityId, event_id: str) -> None:
-        """Forget a claimed event whose application failed, so a redelivery applies it."""
-
-
-class TokenTimetableDao(Dao[TokenTimetable]):
-    """The token ledger. Lines are unique per (user, idempotency key) and per (order, reason) for
-    the reasons of ``ONCE_PER_ORDER``; ``create`` raises DuplicateEntityError on a clash.
-    ``update_by_id`` and ``delete_by_id`` are administrative: they do not touch balances."""
-
-    @abc.abstractmethod
-    def insert_once(self, line: TokenTimetable) -> tuple[TokenTimetable, bool]:
-        """Store ``line`` unless a line with the same uniqueness key exists; returns the stored
-        line and True, or the existing line and False. Racing calls store one line."""
+    def find_by_key(
+        self,
+        user_id: UserId,
+        *,
+        idempotency_key: str | None = None,
+        operation_key: str | None = None,
+    ) -> TokenTimetable | None:
+        """The user's line holding this idempotency key, else this operation key; None."""
 
     @abc.abstractmethod
-    def find_by_idempotency_key(self, user_id: UserId, key: str) -> TokenTimetable | None:
-        """The user's line recorded with this idempotency key, None when absent."""
+    def history(
+        self,
+        user_id: UserId,
+        offer_group: str | None,
+        limit: int,
+        before: EntityId = None,
+    ) -> list[TokenTimetable]:
+        """At most ``limit`` of the user's lines (of one group when given), newest first,
+        recorded before the line ``before`` when given; in one read."""
+
+
+class Account(NamedTuple):
+    """A user's standing in one offer group as stored: the cached fold of its ledger lines
+    (``snapshot``) and its validity window (``window``)."""
+
+    user_id: UserId
+    offer_group: str
+    created_at: datetime
+    snapshot: Snapshot
+    window: Window
+
+
+class UserCreditsDao(abc.ABC):
+    """Users with credits and their accounts: one record per user, one account per (user,
+    offer group). An account's snapshot and window change only through the two
+    compare-and-set writes below."""
 
     @abc.abstractmethod
-    def find_group(self, user_id: UserId, offer_group: str) -> list[TokenTimetable]:
-        """Every line of the user's group, in recording order, in one read."""
-
-
-class UserCreditsDao(Dao[UserCredits]):
-    """One :class:`UserCredits` per user, with one balance per offer group and the subscriptions.
-
-    The balance of a group and its validity window live together and change only
-    through the atomic operations below. A group's window is the span of its paid
-    orders: ``ActivatedOffer.expires`` is the latest end of a dated window, or None
-    when an order never expires (or no order opened one).
-
-    ``create``, ``update_by_id`` and ``delete_by_id`` replace or remove a user's whole
-    credits: they are administrative tools, not atomic across groups in a backend that stores
-    each group apart, and the services never call them."""
+    def register(self, user_id: UserId) -> EntityId:
+        """The id of the user's record, created when absent; racing calls create one."""
 
     @abc.abstractmethod
-    def find_by_user_id(self, user_id: UserId) -> UserCredits | None:
-        """The user's credits, None when the user has none."""
-
-    @abc.abstractmethod
-    def get_or_create(self, user_id: UserId) -> UserCredits:
-        """The user's credits, created empty when absent; racing calls create exactly one."""
+    def find_record_id(self, user_id: UserId) -> EntityId | None:
+        """The id of the user's record, None when the user has none."""
 
     @abc.abstractmethod
     def iter_user_ids(self, batch_size: int = 1000) -> Iterator[UserId]:
-        """Every user id with credits, streamed in batches (never all loaded at once)."""
+        """Every registered user id, streamed in batches (never all loaded at once)."""
 
     @abc.abstractmethod
-    def get_activated_offer(self, user_id: UserId, offer_group: str) -> ActivatedOffer | None:
-        """The user's standing in one group, in one read; None when absent."""
+    def open_account(self, user_id: UserId, offer_group: str, now: datetime) -> Account:
+        """The account, created when absent with an empty snapshot and a window starting at
+        ``now`` (the user is registered too); racing calls create one."""
 
     @abc.abstractmethod
-    def add_tokens(
-        self,
-        user_id: UserId,
-        offer_group: str,
-        delta: int,
-        *,
-        now: datetime,
-        floor: int | None = None,
-    ) -> int | None:
-        """Atomically add ``delta`` (negative to remove) to the group balance and return the new
-        balance. An absent group (and user credits) is created with ``starts=now``. With
-        ``floor``, nothing changes and None is returned when the result would be below it."""
+    def get_account(self, user_id: UserId, offer_group: str) -> Account | None:
+        """The account in one read, None when absent."""
 
     @abc.abstractmethod
-    def open_window(
-        self, user_id: UserId, offer_group: str, starts: datetime, expires: datetime | None
-    ) -> None:
-        """Atomically widen the group's window to cover ``starts``..``expires`` (None: never
-        ends), creating the group with a zero balance when absent."""
+    def accounts(self, user_id: UserId) -> list[Account]:
+        """Every account of the user, in creation order, in one read."""
 
     @abc.abstractmethod
-    def chain_window(
-        self,
-        user_id: UserId,
-        offer_group: str,
-        now: datetime,
-        window: Callable[[datetime], datetime | None],
-    ) -> tuple[datetime, datetime | None]:
-        """Atomically reserve the group's next window: it starts at the end of the latest dated
-        window if that is after ``now`` (else at ``now``) and ends at ``window(start)``; the
-        window is opened as by ``open_window``. Racing calls get consecutive windows."""
+    def save_snapshot(self, user_id: UserId, offer_group: str, snapshot: Snapshot) -> bool:
+        """Store ``snapshot`` if the stored one has a lower ``seq``; whether it was stored."""
 
     @abc.abstractmethod
-    def reset_window(
-        self,
-        user_id: UserId,
-        offer_group: str,
-        starts: datetime | None,
-        latest_end: datetime | None,
-        never_ends: bool,
-    ) -> None:
-        """Replace the group's window (after a refund): ``latest_end`` is the latest dated end,
-        ``never_ends`` whether a live order never expires. No-op when the group is absent."""
-
-    @abc.abstractmethod
-    def remove_offer_if_spent(
-        self, user_id: UserId, offer_group: str, now: datetime
-    ) -> ActivatedOffer | None:
-        """Atomically delete the group if its balance is 0 and its dated window ended at or
-        before ``now`` (and no order keeps it open forever); the removed group, else None."""
-
-    @abc.abstractmethod
-    def add_subscriptions(self, user_id: UserId, subscriptions: Sequence[Subscription]) -> None:
-        """Append subscriptions to the user's credits (created when absent)."""
-
-    @abc.abstractmethod
-    def update_subscriptions(
-        self,
-        user_id: UserId,
-        order_id: EntityId,
-        changes: Mapping[str, Any],
-        *,
-        offer_id: EntityId = None,
-        offer_group: str | None = None,
-    ) -> int:
-        """Set ``changes`` on the user's subscriptions of ``order_id`` (narrowed to ``offer_id`` /
-        ``offer_group`` when given); how many were updated."""
-
-    @abc.abstractmethod
-    def active_groups(self, user_id: UserId, now: datetime) -> set[str]:
-        """Groups of the user's paid subscriptions not ended at ``now``, in one read."""
+    def save_window(
+        self, user_id: UserId, offer_group: str, expected_version: int, window: Window
+    ) -> bool:
+        """Store ``window`` if the stored window's ``version`` is ``expected_version``; whether
+        it was stored."""
 
 
 class DaoFactory(abc.ABC):
@@ -267,7 +238,16 @@ class DaoFactory(abc.ABC):
 
     @abc.abstractmethod
     def get_user_credits_dao(self) -> UserCreditsDao:
-        """The user credits DAO."""
+        """The DAO of users and their accounts."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release the backend's resources (connections); the factory is unusable after."""
+
+
+WRITES: Mapping[type, frozenset[str]] = {
+    OfferDao: frozenset({"create", "update_by_id", "delete_by_id"}),
+    OrderDao: frozenset({"create", "transition"}),
+    TokenTimetableDao: frozenset({"create"}),
+    UserCreditsDao: frozenset({"register", "open_account", "save_snapshot", "save_window"}),
+}
+"""The methods of each interface that write: the fault-injection suite makes them fail."""

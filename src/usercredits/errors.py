@@ -15,15 +15,20 @@ class UserCreditsError(Exception):
     """Base class of every error raised by usercredits."""
 
 
+class InvalidInputError(UserCreditsError, ValueError):
+    """An argument of a call is not valid (a count, a group, a key, a date...); nothing was
+    stored. Also a ``ValueError``."""
+
+
 class EntityNotFoundError(UserCreditsError, LookupError):
     """An offer, order or user credits record that does not exist was referenced."""
 
 
-class InvalidOrderError(UserCreditsError, ValueError):
+class InvalidOrderError(InvalidInputError):
     """An order cannot be created as asked (quantity, currency, start date...)."""
 
 
-class InvalidOfferError(UserCreditsError, ValueError):
+class InvalidOfferError(InvalidInputError):
     """An offer (or a bundle item) is malformed: unknown cycle, bad price, missing field..."""
 
 

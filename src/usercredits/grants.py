@@ -1,127 +1,193 @@
-"""The grant model: which purchase still holds which tokens.
+"""The grant model: what an account's ledger lines add up to.
 
-Each purchase ledger line is a *grant*. Replaying a group's ledger in recording
-order tells how many tokens each live grant still holds:
+An *account* is one user's offer group. Its ledger lines, numbered 1, 2, 3...
+(``seq``), fold into a :class:`Snapshot`: the live grants with what each still
+holds, the debt, and the active holds. The fold is pure and total:
 
-* a consumption draws from the live grants, the one expiring soonest first
-  (never-expiring grants last, ties: the older first); what no grant covers
-  becomes debt;
-* a grant repays debt before it holds anything;
-* an expiry or refund line ends its grant, removing exactly what it held;
-* a positive adjustment is a never-expiring grant of no order, a negative one
-  is drawn like a consumption.
+* a positive line makes a grant (``grant_id``), which first repays debt;
+* a consumption draws from the live grants in *burn order* -- lowest
+  ``priority`` first, then the soonest ``expires`` (never-expiring last), then
+  the oldest -- and what no grant covers becomes debt;
+* an expiry, refund or void line takes its tokens from the grant it names;
+* a grant holding nothing leaves the snapshot: it can never hold anything again.
 
-The replay is pure and total: whatever the lines, the state it returns has
-``balance == sum(line.tokens)``, so a ledger written by concurrent processes in
-a slightly different order still yields a consistent answer.
+So whatever the lines, ``snapshot.balance == sum(line.tokens)`` and equals the
+live remainders minus the debt. The services decide each line from the snapshot
+of the line before it (see :mod:`usercredits.ledger`), so an expiry removes
+exactly what its grant still held.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Any, NamedTuple
 
-from usercredits.models import EntityId, LedgerReason, TokenTimetable
+from usercredits.models import DEFAULT_PRIORITY, GrantSource, LedgerReason, TokenTimetable
+
+SOURCES = {
+    LedgerReason.PURCHASE: GrantSource.PURCHASE,
+    LedgerReason.GRANT: GrantSource.PROMOTIONAL,
+    LedgerReason.ADJUSTMENT: GrantSource.ADJUSTMENT,
+}
+"""The source of the grant a positive line makes, by the line's reason."""
+REASONS = {source: reason for reason, source in SOURCES.items()}
+"""The reason of the line that makes a grant of a source."""
+TAKING = frozenset({LedgerReason.EXPIRY, LedgerReason.REFUND, LedgerReason.VOID})
+"""Reasons of the lines that take tokens back from one grant."""
 
 
-@dataclass
-class _Grant:
+class LiveGrant(NamedTuple):
+    """A grant that still holds tokens."""
+
+    grant_id: str
+    order_id: str | None
+    source: GrantSource
+    tokens: int
     remaining: int
+    priority: int
+    starts: datetime | None
     expires: datetime | None
     seq: int
 
-    def order_key(self) -> tuple[bool, datetime | None, int]:
-        return (self.expires is None, self.expires, self.seq)
+    def burn_key(self) -> tuple[int, bool, datetime | None, int]:
+        """Sorts grants in burn order."""
+        return (self.priority, self.expires is None, self.expires, self.seq)
 
 
-@dataclass
-class GroupState:
-    """The outcome of replaying one group's ledger."""
+class Snapshot(NamedTuple):
+    """The fold of an account's lines up to ``seq``: a cache, never a second truth."""
 
-    grants: dict[str, int] = field(default_factory=dict)
-    """What each live grant still holds, by ``str(order_id)``."""
-    unattributed: int = 0
-    """Tokens held outside any grant (positive adjustments), never expiring."""
+    seq: int = 0
     debt: int = 0
-    """Tokens consumed that no grant covered (the negative part of the balance)."""
-    ended: set[str] = field(default_factory=set)
-    """Orders whose grant was ended by an expiry or refund line."""
+    grants: tuple[LiveGrant, ...] = ()
+    """The live grants holding tokens, in burn order."""
 
     @property
     def balance(self) -> int:
-        """The group balance the replayed lines add up to."""
-        return sum(self.grants.values()) + self.unattributed - self.debt
+        """The account's balance: what its lines add up to."""
+        return sum(g.remaining for g in self.grants) - self.debt
 
-    def remainder(self, order_id: EntityId) -> int:
-        """What the live grant of ``order_id`` still holds (0 when none)."""
-        return self.grants.get(str(order_id), 0)
+    def grant(self, grant_id: str) -> LiveGrant | None:
+        """The live grant of this id, None when it holds nothing (or never existed)."""
+        return next((g for g in self.grants if g.grant_id == grant_id), None)
+
+    def remainder(self, grant_id: str) -> int:
+        """What the grant still holds (0 when it is not live)."""
+        found = self.grant(grant_id)
+        return 0 if found is None else found.remaining
+
+    def apply(self, line: TokenTimetable) -> Snapshot:
+        """The snapshot after ``line``, which must be the account's next line."""
+        if line.seq != self.seq + 1:
+            raise ValueError(f"line {line.seq} cannot follow line {self.seq} of its account")
+        grants = list(self.grants)
+        debt = self.debt
+        tokens = line.tokens
+        if tokens > 0:
+            repaid = min(debt, tokens)
+            debt -= repaid
+            if tokens > repaid:
+                made = LiveGrant(
+                    grant_id=line.grant_id or f"line-{line.seq}",
+                    order_id=None if line.order_id is None else str(line.order_id),
+                    source=SOURCES.get(line.reason, GrantSource.ADJUSTMENT),
+                    tokens=tokens,
+                    remaining=tokens - repaid,
+                    priority=DEFAULT_PRIORITY if line.priority is None else line.priority,
+                    starts=line.created_at,
+                    expires=line.expires,
+                    seq=line.seq,
+                )
+                bisect.insort(grants, made, key=LiveGrant.burn_key)
+        elif tokens < 0:
+            wanted = -tokens
+            if line.reason in TAKING and line.grant_id is not None:
+                wanted = _take(grants, line.grant_id, wanted)
+            debt += _draw(grants, wanted)
+        return Snapshot(seq=line.seq, debt=debt, grants=tuple(grants))
+
+    def apply_all(self, lines: Iterable[TokenTimetable]) -> Snapshot:
+        """The snapshot after every line of ``lines``, given in order."""
+        snapshot = self
+        for line in lines:
+            snapshot = snapshot.apply(line)
+        return snapshot
+
+    def to_data(self) -> dict[str, Any]:
+        """The snapshot as JSON-ready data (for backends that store it as a document)."""
+        return {
+            "seq": self.seq,
+            "debt": self.debt,
+            "grants": [
+                {
+                    **g._asdict(),
+                    "source": g.source.value,
+                    "starts": _iso(g.starts),
+                    "expires": _iso(g.expires),
+                }
+                for g in self.grants
+            ],
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> Snapshot:
+        """The snapshot stored as :meth:`to_data` made it."""
+        return cls(
+            seq=int(data["seq"]),
+            debt=int(data["debt"]),
+            grants=tuple(
+                LiveGrant(
+                    grant_id=g["grant_id"],
+                    order_id=g["order_id"],
+                    source=GrantSource(g["source"]),
+                    tokens=int(g["tokens"]),
+                    remaining=int(g["remaining"]),
+                    priority=int(g["priority"]),
+                    starts=_parse(g["starts"]),
+                    expires=_parse(g["expires"]),
+                    seq=int(g["seq"]),
+                )
+                for g in data["grants"]
+            ),
+        )
 
 
-class _Replay:
-    def __init__(self) -> None:
-        self.live: dict[str, _Grant] = {}
-        self.draw_order: list[str] = []
-        self.state = GroupState()
-
-    def grant(self, key: str | None, tokens: int, expires: datetime | None, seq: int) -> None:
-        repaid = min(self.state.debt, tokens)
-        self.state.debt -= repaid
-        tokens -= repaid
-        if key is None:
-            self.state.unattributed += tokens
-            return
-        if key not in self.live:
-            self.live[key] = _Grant(0, expires, seq)
-        self.live[key].remaining += tokens
-        if self.live[key].remaining > 0 and key not in self.draw_order:
-            bisect.insort(self.draw_order, key, key=lambda k: self.live[k].order_key())
-
-    def draw(self, tokens: int) -> None:
-        # Spent grants leave the draw order: each consumption only visits grants that hold.
-        while tokens and self.draw_order:
-            grant = self.live[self.draw_order[0]]
-            taken = min(grant.remaining, tokens)
-            grant.remaining -= taken
-            tokens -= taken
-            if grant.remaining == 0:
-                self.draw_order.pop(0)
-        taken = min(max(self.state.unattributed, 0), tokens)
-        self.state.unattributed -= taken
-        self.state.debt += tokens - taken
-
-    def end(self, key: str, tokens: int) -> None:
-        grant = self.live.pop(key, None)
-        self.state.ended.add(key)
-        held = 0
-        if grant is not None:
-            if key in self.draw_order:
-                self.draw_order.remove(key)
-            held = grant.remaining
-        taken = min(held, tokens)
-        # What the ended grant still held beyond the removal stays in the balance, ungranted.
-        self.state.unattributed += held - taken
-        self.draw(tokens - taken)
-
-    def apply(self, line: TokenTimetable, seq: int) -> None:
-        key = None if line.order_id is None else str(line.order_id)
-        ends = line.reason in (LedgerReason.EXPIRY, LedgerReason.REFUND)
-        if ends and key is not None and line.tokens <= 0:
-            self.end(key, -line.tokens)
-        elif line.tokens >= 0:
-            if line.reason is LedgerReason.PURCHASE:
-                self.grant(key, line.tokens, line.expires, seq)
+def _take(grants: list[LiveGrant], grant_id: str, wanted: int) -> int:
+    """Take up to ``wanted`` tokens from one grant; what it could not cover."""
+    for index, grant in enumerate(grants):
+        if grant.grant_id == grant_id:
+            taken = min(grant.remaining, wanted)
+            if taken == grant.remaining:
+                del grants[index]
             else:
-                self.grant(None, line.tokens, None, seq)
+                grants[index] = grant._replace(remaining=grant.remaining - taken)
+            return wanted - taken
+    return wanted
+
+
+def _draw(grants: list[LiveGrant], wanted: int) -> int:
+    """Draw ``wanted`` tokens in burn order; what no grant covered (the new debt)."""
+    while wanted and grants:
+        grant = grants[0]
+        taken = min(grant.remaining, wanted)
+        wanted -= taken
+        if taken == grant.remaining:
+            grants.pop(0)
         else:
-            self.draw(-line.tokens)
+            grants[0] = grant._replace(remaining=grant.remaining - taken)
+    return wanted
 
 
-def replay(lines: Iterable[TokenTimetable]) -> GroupState:
-    """Replay one group's ledger lines, given in recording order."""
-    run = _Replay()
-    for seq, line in enumerate(lines):
-        run.apply(line, seq)
-    run.state.grants = {key: grant.remaining for key, grant in run.live.items()}
-    return run.state
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _parse(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def replay(lines: Iterable[TokenTimetable]) -> Snapshot:
+    """The snapshot of an account from all its lines, given in order."""
+    return Snapshot().apply_all(lines)

@@ -14,13 +14,16 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeAlias
 
-from usercredits.errors import InvalidOfferError
+from usercredits.errors import InvalidOfferError, InvalidPaymentError, PaymentErrorCode
 
 EntityId: TypeAlias = Any
 """An entity id: ``str`` in memory, ``bson.ObjectId`` in Mongo; methods also take its ``str()``."""
 
 UserId: TypeAlias = Any
 """The application's own user id (``str``, ``int``, ``UUID``, ``ObjectId``...), stored as given."""
+
+DEFAULT_PRIORITY = 50
+"""The priority of a grant when none is given: lower priorities are drawn first."""
 
 
 class Cycle(enum.StrEnum):
@@ -66,6 +69,25 @@ class LedgerReason(enum.StrEnum):
     EXPIRY = "expiry"
     REFUND = "refund"
     ADJUSTMENT = "adjustment"
+    GRANT = "grant"
+    VOID = "void"
+
+
+class GrantSource(enum.StrEnum):
+    """Where a grant of tokens comes from."""
+
+    PURCHASE = "purchase"
+    PROMOTIONAL = "promotional"
+    ADJUSTMENT = "adjustment"
+
+
+class GrantStatus(enum.StrEnum):
+    """The state of a grant: live until it expires, is refunded or is voided."""
+
+    LIVE = "live"
+    EXPIRED = "expired"
+    REFUNDED = "refunded"
+    VOIDED = "voided"
 
 
 def _enum(kind: type[enum.StrEnum], value: Any, what: str) -> Any:
@@ -80,8 +102,16 @@ def _optional_cycle(value: Any) -> Cycle | None:
     return None if value is None else _enum(Cycle, value, "cycle")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+INT_RANGE = range(-(2**63), 2**63)
+"""The integers every backend stores exactly (64-bit signed): counts beyond are refused."""
+
+
+def is_storable_int(value: Any) -> bool:
+    """Whether ``value`` is an int (not a bool) every backend can store."""
+    return isinstance(value, int) and not isinstance(value, bool) and value in INT_RANGE
+
+
+_is_int = is_storable_int
 
 
 def _check_cycle(cycle: Cycle | None, custom_cycle: Any, owner: str) -> None:
@@ -163,6 +193,8 @@ class Offer:
     weight: int = 0
     popular: int | None = None
     combined_items: list[CombinedOffer] = field(default_factory=list)
+    priority: int = DEFAULT_PRIORITY
+    """The priority of the grants this offer's orders make (lower is drawn first)."""
 
     def __post_init__(self) -> None:
         owner = f"offer {self.key or self.name!r}"
@@ -198,6 +230,10 @@ class Offer:
             )
         if not _is_int(self.weight):
             raise InvalidOfferError(f"{owner}: weight must be an int, got {self.weight!r}")
+        if not _is_int(self.priority):
+            raise InvalidOfferError(f"{owner}: priority must be an int, got {self.priority!r}")
+        if self.popular is not None and not _is_int(self.popular):
+            raise InvalidOfferError(f"{owner}: popular must be an int, got {self.popular!r}")
         for name in ("tags", "unlocked_by"):
             values = getattr(self, name)
             if isinstance(values, str) or not all(isinstance(v, str) for v in values):
@@ -251,6 +287,11 @@ class CombinedOrder:
     token_count: int = 0
     starts: datetime | None = None
     expires: datetime | None = None
+    offer_name: str = ""
+    append_date: bool = False
+    """Whether the item's window follows the latest window of its group (copied from its offer
+    when the order is created, so editing the offer never changes how the order settles)."""
+    priority: int = DEFAULT_PRIORITY
 
     def __post_init__(self) -> None:
         self.cycle = None if self.cycle is None else Cycle(self.cycle)
@@ -282,10 +323,80 @@ class Order:
     tax_rate: Decimal | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    offer_name: str = ""
+    append_date: bool = False
+    """Whether the window follows the latest window of the group (copied from the offer)."""
+    priority: int = DEFAULT_PRIORITY
+    """The priority of the grant the order makes (copied from the offer)."""
+    item_index: int | None = None
+    """For a child order: the position of its item in the bundle order's ``combined_items``."""
+    in_progress: bool = False
+    """True from a change of status until every effect of it (grants, revocations, child
+    orders, windows) is applied; a retry of the call, the expiry routine or ``reconcile``
+    completes it."""
 
     def __post_init__(self) -> None:
         self.status = Status(self.status)
         self.cycle = Cycle(self.cycle)
+
+    # -- life cycle: which transitions the order allows ------------------------------------
+
+    @property
+    def is_child(self) -> bool:
+        """Whether the order is an item of a bundle order, paid with it."""
+        return self.parent_id is not None
+
+    def payable(self) -> bool:
+        """Whether a payment may settle the order (a new intent, or a reported success)."""
+        return self.status in PAYABLE
+
+    def refundable(self) -> bool:
+        """Whether the order's payment may be refunded."""
+        return self.status in REFUNDABLE
+
+    def check_payable(self) -> None:
+        """Raise InvalidPaymentError unless the order may be paid or settled: DUPLICATE_ATTEMPT
+        for a paid order whose settlement is complete, VALIDATION for an expired, refunded or
+        inconsistent one."""
+        if self.status is Status.PAID:
+            raise InvalidPaymentError(
+                f"order {self.id!r} is already paid",
+                code=PaymentErrorCode.DUPLICATE_ATTEMPT,
+                order_id=self.id,
+            )
+        if not self.payable():
+            raise InvalidPaymentError(
+                f"order {self.id!r} is {self.status}; it cannot be paid or settled",
+                code=PaymentErrorCode.VALIDATION,
+                order_id=self.id,
+            )
+
+    def check_refundable(self) -> None:
+        """Raise InvalidPaymentError unless the order may be refunded: DUPLICATE_ATTEMPT for a
+        refunded order, VALIDATION for a bundle item or an order never paid."""
+        if self.is_child:
+            raise InvalidPaymentError(
+                "refund the bundle order, not one of its items", order_id=self.id
+            )
+        if self.status is Status.REFUNDED:
+            raise InvalidPaymentError(
+                f"order {self.id!r} is already refunded",
+                code=PaymentErrorCode.DUPLICATE_ATTEMPT,
+                order_id=self.id,
+            )
+        if not self.refundable():
+            raise InvalidPaymentError(
+                f"order {self.id!r} is {self.status}; only paid orders can be refunded",
+                order_id=self.id,
+            )
+
+
+PAYABLE = frozenset({Status.PENDING, Status.REFUSED, Status.ERROR})
+"""Statuses from which a payment may settle an order."""
+REFUNDABLE = frozenset({Status.PAID, Status.EXPIRED})
+"""Statuses from which an order may be refunded."""
+OPEN = frozenset({Status.PENDING, Status.REFUSED, Status.ERROR, Status.INCONSISTENT})
+"""Statuses of an order never paid: a refund reported by the gateway closes it as refunded."""
 
 
 @dataclass(kw_only=True)
@@ -352,21 +463,62 @@ class TokenTimetable:
     order_id: EntityId = None
     reason: LedgerReason = LedgerReason.CONSUMPTION
     idempotency_key: str | None = None
+    """The caller's key (consumptions, direct grants): unique per user."""
     expires: datetime | None = None
-    """For a purchase line: when the grant expires (None: never)."""
+    """For a line that makes a grant: when the grant expires (None: never)."""
+    seq: int = 0
+    """The line's position in its account (user, offer group): 1, 2, 3... unique per account.
+    Appending the line with the next number is what commits a change of the account."""
+    grant_id: str | None = None
+    """The grant the line makes (positive lines) or takes tokens back from (expiry, refund,
+    void lines)."""
+    priority: int | None = None
+    """For a line that makes a grant: the grant's priority (lower is drawn first)."""
+    operation_key: str | None = None
+    """The library's own key for an operation done once per user (``purchase:<order id>``...):
+    unique per user, so a retried operation never writes its line twice."""
+    note: str | None = None
+    """Free text recorded with the line (a promotion's reason...)."""
 
     def __post_init__(self) -> None:
-        self.reason = LedgerReason(self.reason)
+        if type(self.reason) is not LedgerReason:
+            self.reason = LedgerReason(self.reason)
+
+
+@dataclass(kw_only=True)
+class Grant:
+    """Tokens granted to a user's offer group, by an order or directly, drawn in burn order:
+    lowest ``priority`` first, then the soonest ``expires`` (never-expiring last), then the
+    oldest. ``remaining`` is what the grant still holds."""
+
+    id: str = ""
+    user_id: UserId = None
+    offer_group: str = ""
+    order_id: EntityId = None
+    source: GrantSource = GrantSource.PURCHASE
+    tokens: int = 0
+    remaining: int = 0
+    priority: int = DEFAULT_PRIORITY
+    starts: datetime | None = None
+    expires: datetime | None = None
+    status: GrantStatus = GrantStatus.LIVE
+
+    def __post_init__(self) -> None:
+        self.source = GrantSource(self.source)
+        self.status = GrantStatus(self.status)
 
 
 @dataclass(kw_only=True)
 class ExpiryWarning:
-    """A warning of the expiry routine: a group ``"expiring"`` soon or with a ``"low_balance"``."""
+    """A warning of the expiry routine: a group ``"expiring"`` soon, a grant's
+    ``"tokens_expiring"`` soon, or a group with a ``"low_balance"``."""
 
     offer_group: str
     reason: str
     expires: datetime | None = None
     tokens: int = 0
+    grant_id: str | None = None
+    """Set on ``"tokens_expiring"`` warnings: the grant whose tokens expire."""
 
 
 @dataclass(kw_only=True)
@@ -390,3 +542,35 @@ class WebhookResult:
     duplicate: bool = False
     order: Order | None = None
     message: str = ""
+
+
+@dataclass(kw_only=True)
+class ReconcileReport:
+    """What ``reconcile`` completed for a user: the orders whose interrupted operation it
+    finished and the offer groups whose derived state it brought up to date."""
+
+    user_id: UserId = None
+    completed_orders: list[EntityId] = field(default_factory=list)
+    repaired_groups: list[str] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class GroupAudit:
+    """One offer group checked against its ledger: ``ok`` when
+    ``balance == ledger_sum == live_remainders - debt``."""
+
+    offer_group: str
+    balance: int
+    ledger_sum: int
+    live_remainders: int
+    debt: int
+    ok: bool
+
+
+@dataclass(kw_only=True)
+class AuditReport:
+    """The audit of one user's groups; ``ok`` when every group agrees with its ledger."""
+
+    user_id: UserId = None
+    ok: bool = True
+    groups: list[GroupAudit] = field(default_factory=list)

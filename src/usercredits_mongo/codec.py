@@ -8,6 +8,9 @@
 * Money is ``Decimal128`` (exact, exponent kept) and read back as ``Decimal``.
 * Datetimes are stored in UTC with millisecond precision (what MongoDB keeps; a naive
   datetime is taken as UTC, as pymongo does) and read back timezone-aware UTC.
+* An account's snapshot and window are stored as the data their ``to_data()`` gives, but
+  for the snapshot's ``seq`` and the window's ``version``, which are top-level fields: the
+  keys of their compare-and-set writes.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ import re
 import uuid
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
 import mongoengine as me
 from bson import ObjectId
 from bson.binary import UUID_SUBTYPE, Binary, UuidRepresentation
 
-from usercredits.dao import ID_FIELDS
+from usercredits.dao import ID_FIELDS, Account
+from usercredits.grants import Snapshot
+from usercredits.windows import Window
 
 M = TypeVar("M")
 
@@ -58,6 +63,10 @@ def store_datetime(value: datetime) -> datetime:
     return value.replace(microsecond=value.microsecond - value.microsecond % 1000)
 
 
+@overload
+def load_datetime(value: datetime) -> datetime: ...
+@overload
+def load_datetime(value: None) -> None: ...
 def load_datetime(value: datetime | None) -> datetime | None:
     """A stored datetime as a timezone-aware UTC datetime (a naive one is UTC)."""
     if value is None:
@@ -196,6 +205,50 @@ class EntityCodec(Generic[M]):
                 value = list(value)
             values[name] = value
         return self.model(**values)
+
+
+class AccountCodec:
+    """Converts an :class:`~usercredits.dao.Account` to and from its document."""
+
+    def __init__(self, document: type[Any]):
+        self.document = document
+
+    def new(self, offer_group: str, now: datetime) -> dict[str, Any]:
+        """The document of a new account opened at ``now``, but for its user id: a new id, an
+        empty snapshot and a window starting at ``now``."""
+        document = self.document(
+            id=ObjectId(),
+            offer_group=offer_group,
+            created_at=store_datetime(now),
+            **self.snapshot_fields(Snapshot()),
+            **self.window_fields(Window(starts=now)),
+        )
+        document.validate()
+        encoded: dict[str, Any] = _plain(document.to_mongo())
+        return encoded
+
+    @staticmethod
+    def snapshot_fields(snapshot: Snapshot) -> dict[str, Any]:
+        """The stored fields of ``snapshot``: ``seq`` and ``snapshot``."""
+        data = snapshot.to_data()
+        return {"seq": data.pop("seq"), "snapshot": data}
+
+    @staticmethod
+    def window_fields(window: Window) -> dict[str, Any]:
+        """The stored fields of ``window``: ``window_version`` and ``window``."""
+        data = window.to_data()
+        return {"window_version": data.pop("version"), "window": data}
+
+    @staticmethod
+    def decode(raw: Mapping[str, Any]) -> Account:
+        """The account a stored document holds."""
+        return Account(
+            user_id=decode_user(raw["user_id"]),
+            offer_group=raw["offer_group"],
+            created_at=load_datetime(raw["created_at"]),
+            snapshot=Snapshot.from_data({**raw["snapshot"], "seq": raw["seq"]}),
+            window=Window.from_data({**raw["window"], "version": raw["window_version"]}),
+        )
 
 
 def _plain(value: Any) -> Any:

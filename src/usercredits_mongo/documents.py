@@ -5,15 +5,15 @@ BSON (``to_mongo`` / ``_from_son``). They are not bound to a connection: every
 read and write goes through the pymongo collection of a factory's database, so
 several factories (several databases) coexist in one process.
 
-Collections, all sharded by ``user_id`` except the offers:
+Collections:
 
 * ``usercredits_offers`` -- the catalogue;
-* ``usercredits_orders`` -- orders with their history and the webhook events applied;
-* ``usercredits_token_timetable`` -- the token ledger, one document per line;
-* ``usercredits_user_credits`` -- one small document per user;
-* ``usercredits_credit_groups`` -- one document per (user, offer group): the balance and the
-  validity window, the unit of every atomic balance change;
-* ``usercredits_subscriptions`` -- one document per subscription (an order or bundle item).
+* ``usercredits_orders`` -- orders with their bundle items and history;
+* ``usercredits_token_timetable`` -- the token ledger, one document per line, numbered per
+  account: inserting an account's next line is the commit point of every balance change;
+* ``usercredits_user_credits`` -- one small record per user;
+* ``usercredits_accounts`` -- one document per (user, offer group): the snapshot folded from
+  the account's lines and the validity window, each changed by compare-and-set.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from typing import Any
 import mongoengine as me
 from pymongo import ASCENDING
 
-from usercredits.dao import ONCE_PER_ORDER
 from usercredits.models import Cycle, LedgerReason, OfferKind, Status
 
 # Documents are never bound to a connection; extra stored fields are ignored on reading.
@@ -42,7 +41,8 @@ class CombinedOfferDocument(me.EmbeddedDocument):  # type: ignore[misc]
 
 
 class OfferDocument(me.Document):  # type: ignore[misc]
-    """An offer of the catalogue; ``key`` is unique when set."""
+    """An offer of the catalogue; ``key`` is unique when set. ``revision`` counts the updates:
+    an update validated against one revision is written only onto that revision."""
 
     meta = {**_META, "collection": "usercredits_offers"}
 
@@ -65,6 +65,8 @@ class OfferDocument(me.Document):  # type: ignore[misc]
     weight = me.IntField()
     popular = me.IntField()
     combined_items = me.EmbeddedDocumentListField(CombinedOfferDocument)
+    priority = me.IntField()
+    revision = me.IntField()
 
 
 class CombinedOrderDocument(me.EmbeddedDocument):  # type: ignore[misc]
@@ -78,6 +80,9 @@ class CombinedOrderDocument(me.EmbeddedDocument):  # type: ignore[misc]
     token_count = me.IntField()
     starts = me.DateTimeField()
     expires = me.DateTimeField()
+    offer_name = me.StringField()
+    append_date = me.BooleanField()
+    priority = me.IntField()
 
 
 class OrderStatusDocument(me.EmbeddedDocument):  # type: ignore[misc]
@@ -90,7 +95,7 @@ class OrderStatusDocument(me.EmbeddedDocument):  # type: ignore[misc]
 
 
 class OrderDocument(me.Document):  # type: ignore[misc]
-    """An order; ``webhook_events`` holds the ids of the gateway events applied to it."""
+    """An order; a child order of a bundle is unique per (``parent_id``, ``item_index``)."""
 
     meta = {**_META, "collection": "usercredits_orders"}
 
@@ -115,11 +120,16 @@ class OrderDocument(me.Document):  # type: ignore[misc]
     tax_rate = me.Decimal128Field()
     created_at = me.DateTimeField()
     updated_at = me.DateTimeField()
-    webhook_events = me.ListField(me.StringField())
+    offer_name = me.StringField()
+    append_date = me.BooleanField()
+    priority = me.IntField()
+    item_index = me.IntField()
+    in_progress = me.BooleanField()
 
 
 class TokenTimetableDocument(me.Document):  # type: ignore[misc]
-    """One line of the token ledger."""
+    """One line of the token ledger: line ``seq`` of the account (``user_id``,
+    ``offer_group``)."""
 
     meta = {**_META, "collection": "usercredits_token_timetable"}
 
@@ -132,6 +142,11 @@ class TokenTimetableDocument(me.Document):  # type: ignore[misc]
     reason = me.EnumField(LedgerReason)
     idempotency_key = me.StringField()
     expires = me.DateTimeField()
+    seq = me.IntField()
+    grant_id = me.StringField()
+    priority = me.IntField()
+    operation_key = me.StringField()
+    note = me.StringField()
 
 
 class UserCreditsDocument(me.Document):  # type: ignore[misc]
@@ -143,43 +158,23 @@ class UserCreditsDocument(me.Document):  # type: ignore[misc]
     user_id = me.DynamicField()
 
 
-class CreditGroupDocument(me.Document):  # type: ignore[misc]
-    """A user's balance and validity window in one offer group.
+class AccountDocument(me.Document):  # type: ignore[misc]
+    """A user's account in one offer group.
 
-    ``latest_end`` is the latest end of a dated window; ``never_ends`` is set once an order
-    that never expires opened the group."""
+    ``seq`` is the number of the last line folded into ``snapshot`` and ``window_version`` the
+    version of ``window``: the keys of their compare-and-set writes. ``snapshot`` and
+    ``window`` hold the rest of the values' ``to_data()``."""
 
-    meta = {**_META, "collection": "usercredits_credit_groups"}
-
-    id = me.DynamicField(primary_key=True)
-    user_id = me.DynamicField()
-    offer_group = me.StringField()
-    tokens = me.LongField()
-    starts = me.DateTimeField()
-    latest_end = me.DateTimeField()
-    never_ends = me.BooleanField()
-
-
-class SubscriptionDocument(me.Document):  # type: ignore[misc]
-    """One subscription of a user (an order, or an item of a bundle order)."""
-
-    meta = {**_META, "collection": "usercredits_subscriptions"}
+    meta = {**_META, "collection": "usercredits_accounts"}
 
     id = me.DynamicField(primary_key=True)
     user_id = me.DynamicField()
-    offer_id = me.DynamicField()
-    order_id = me.DynamicField()
-    name = me.StringField()
-    offer_group = me.StringField()
-    cycle = me.EnumField(Cycle)
-    custom_cycle = me.IntField()
-    quantity = me.IntField()
-    status = me.EnumField(Status)
-    starts = me.DateTimeField()
-    expires = me.DateTimeField()
-    tokens = me.IntField()
-    total = me.Decimal128Field()
-    currency = me.StringField()
+    offer_group = me.StringField(required=True)
+    created_at = me.DateTimeField(required=True)
+    seq = me.IntField(required=True)
+    snapshot = me.DictField()
+    window_version = me.IntField(required=True)
+    window = me.DictField()
 
 
 def collection_name(document: type[Any]) -> str:
@@ -211,17 +206,7 @@ def _asc(*names: str) -> list[tuple[str, int]]:
     return [(name, ASCENDING) for name in names]
 
 
-def _once_per_order(reason: LedgerReason) -> Index:
-    # One partial index per reason (equality filters only) works on every MongoDB version; the
-    # user id leads the key because unique indexes of a sharded collection must start with it.
-    return Index(
-        f"ledger_{reason.value}_once_per_order",
-        _asc("user_id", "order_id"),
-        unique=True,
-        partial={"reason": reason.value, "order_id": {"$exists": True}},
-    )
-
-
+# Partial filters use only equality, $exists and $type, which every MongoDB version accepts.
 INDEXES: dict[type[Any], list[Index]] = {
     OfferDocument: [
         Index("offer_key_unique", _asc("key"), unique=True, partial={"key": {"$type": "string"}}),
@@ -229,35 +214,44 @@ INDEXES: dict[type[Any], list[Index]] = {
         Index("offer_unlocked_by", _asc("unlocked_by")),
     ],
     OrderDocument: [
-        Index("order_user_status_expires", _asc("user_id", "status", "expires")),
-        Index("order_user_group_status", _asc("user_id", "offer_group", "status")),
-        Index("order_user_offer_status", _asc("user_id", "offer_id", "status")),
+        Index(
+            "order_child_unique",
+            _asc("parent_id", "item_index"),
+            unique=True,
+            partial={"parent_id": {"$exists": True}},
+        ),
         Index(
             "order_payment_intent",
             _asc("payment_intent_id"),
             partial={"payment_intent_id": {"$type": "string"}},
         ),
-        Index("order_parent", _asc("parent_id"), partial={"parent_id": {"$exists": True}}),
+        Index("order_user_status_expires", _asc("user_id", "status", "expires")),
+        Index("order_user_status_group", _asc("user_id", "status", "offer_group")),
+        Index("order_user_offer_status", _asc("user_id", "offer_id", "status")),
+        Index("order_user_in_progress", _asc("user_id", "_id"), partial={"in_progress": True}),
     ],
     TokenTimetableDocument: [
-        Index("ledger_user_group_recorded", _asc("user_id", "offer_group", "_id")),
+        Index("ledger_account_seq_unique", _asc("user_id", "offer_group", "seq"), unique=True),
         Index(
             "ledger_user_idempotency_key_unique",
             _asc("user_id", "idempotency_key"),
             unique=True,
             partial={"idempotency_key": {"$type": "string"}},
         ),
-        *(_once_per_order(reason) for reason in ONCE_PER_ORDER),
+        Index(
+            "ledger_user_operation_key_unique",
+            _asc("user_id", "operation_key"),
+            unique=True,
+            partial={"operation_key": {"$type": "string"}},
+        ),
+        Index("ledger_user_recorded", _asc("user_id", "_id")),
+        Index("ledger_user_group_recorded", _asc("user_id", "offer_group", "_id")),
     ],
     UserCreditsDocument: [
         Index("user_credits_user_unique", _asc("user_id"), unique=True),
     ],
-    CreditGroupDocument: [
-        Index("credit_group_user_group_unique", _asc("user_id", "offer_group"), unique=True),
-    ],
-    SubscriptionDocument: [
-        Index("subscription_user_order", _asc("user_id", "order_id")),
-        Index("subscription_user_status_expires", _asc("user_id", "status", "expires")),
+    AccountDocument: [
+        Index("account_user_group_unique", _asc("user_id", "offer_group"), unique=True),
     ],
 }
-"""Every index, per document class: one for each query the services make."""
+"""Every index, per document class: one for each query the DAOs make."""

@@ -69,7 +69,9 @@ def test_expire_warns_about_groups_expiring_soon_and_low_balances(
     warnings = {(w["user_id"], w["reason"], w["tokens"]) for w in summary["warnings"]}
     assert warnings == {
         ("ann", "expiring", 70),
+        ("ann", "tokens_expiring", 70),
         ("ben", "expiring", 100),
+        ("ben", "tokens_expiring", 100),
         ("ann", "low_balance", 70),
     }
     assert summary["warnings"][0]["expires"] == "2025-04-01T12:00:00+00:00"
@@ -102,12 +104,25 @@ def test_expire_streams_user_ids_instead_of_loading_all_users(
     for number in range(300):
         service.create_order(pack.id, f"user-{number}")
     credits = service.get_dao_factory().get_user_credits_dao()
+    listed = credits.iter_user_ids
+    pulled: list[Any] = []
+    pulled_at_check: list[int] = []
 
-    def load_all(*args: Any) -> Any:
-        raise AssertionError("the expiry job loaded every user's credits at once")
+    def streamed(batch_size: int = 1000) -> Any:
+        for user in listed(batch_size):
+            pulled.append(user)
+            yield user
 
-    monkeypatch.setattr(credits, "find", load_all)
+    check = service.check_for_expired_orders
+
+    def checking(user_id: Any, *args: Any, **kwargs: Any) -> Any:
+        pulled_at_check.append(len(pulled))
+        return check(user_id, *args, **kwargs)
+
+    monkeypatch.setattr(credits, "iter_user_ids", streamed)
+    monkeypatch.setattr(service, "check_for_expired_orders", checking)
     assert summary_of(invoke)["users_checked"] == 300
+    assert pulled_at_check == list(range(1, 301))
 
 
 class _BrokenForOneUser(PaymentService):

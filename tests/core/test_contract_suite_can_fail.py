@@ -7,20 +7,25 @@ check the broken guarantee, and pass the rest.
 
 from __future__ import annotations
 
+import bisect
+import copy
+import dataclasses
 import textwrap
 import uuid
 from collections.abc import Callable, Collection, Mapping
-from datetime import datetime
 from typing import Any
 
 import pytest
 
+from usercredits.errors import DuplicateEntityError
+from usercredits.grants import Snapshot
 from usercredits.memory import (
     InMemoryDaoFactory,
     InMemoryOfferDao,
     InMemoryOrderDao,
     InMemoryTokenTimetableDao,
     InMemoryUserCreditsDao,
+    _user_key,
 )
 from usercredits.models import (
     EntityId,
@@ -29,36 +34,69 @@ from usercredits.models import (
     OrderStatus,
     Status,
     TokenTimetable,
-    UserCredits,
     UserId,
 )
 from usercredits.testing import dao_contracts
+from usercredits.windows import Window
 
 pytest_plugins = ["pytester"]
 
 
-class FloorIgnoringUserCreditsDao(InMemoryUserCreditsDao):
-    def add_tokens(
-        self,
-        user_id: UserId,
-        offer_group: str,
-        delta: int,
-        *,
-        now: datetime,
-        floor: int | None = None,
-    ) -> int | None:
-        return super().add_tokens(user_id, offer_group, delta, now=now)
+class SeqBlindTokenTimetableDao(InMemoryTokenTimetableDao):
+    """Checks the keys of a line but not its number: two lines of an account may share one."""
+
+    def create(self, entity: TokenTimetable) -> TokenTimetable:
+        with self._lock:
+            names = self._key_names(entity)
+            if any(name in self._keys for name in names):
+                raise DuplicateEntityError(f"a key of {entity!r} is used")
+            stored = copy.copy(entity)
+            created = self._table.insert(stored)
+            account = (_user_key(stored.user_id), stored.offer_group)
+            bisect.insort(self._accounts.setdefault(account, []), stored, key=lambda x: x.seq)
+            for name in names:
+                self._keys[name] = stored
+            return created
+
+
+class OverwritingUserCreditsDao(InMemoryUserCreditsDao):
+    """Stores every snapshot, even one older than the stored one."""
+
+    def save_snapshot(self, user_id: UserId, offer_group: str, snapshot: Snapshot) -> bool:
+        with self._lock:
+            current = self.get_account(user_id, offer_group)
+            if current is None:
+                return False
+            accounts = self._accounts[_user_key(user_id)]
+            accounts[offer_group] = dataclasses.replace(current, snapshot=snapshot)
+            return True
+
+
+class VersionBlindUserCreditsDao(InMemoryUserCreditsDao):
+    """Stores every window, whatever the version the caller expects."""
+
+    def save_window(
+        self, user_id: UserId, offer_group: str, expected_version: int, window: Window
+    ) -> bool:
+        with self._lock:
+            current = self.get_account(user_id, offer_group)
+            return current is not None and super().save_window(
+                user_id, offer_group, current.window.version, window
+            )
 
 
 class RecreatingUserCreditsDao(InMemoryUserCreditsDao):
-    def get_or_create(self, user_id: UserId) -> UserCredits:
-        existing = self.find_by_user_id(user_id)
-        if existing is not None:
-            self.delete_by_id(existing.id)
-        return super().get_or_create(user_id)
+    """Gives a user a new record at each registration."""
+
+    def register(self, user_id: UserId) -> EntityId:
+        with self._lock:
+            self._users.pop(_user_key(user_id), None)
+            return super().register(user_id)
 
 
 class StatusBlindOrderDao(InMemoryOrderDao):
+    """Changes an order whatever its status."""
+
     def transition(
         self,
         order_id: EntityId,
@@ -69,10 +107,25 @@ class StatusBlindOrderDao(InMemoryOrderDao):
         return super().transition(order_id, list(Status), changes, entry)
 
 
-class DuplicatingTokenTimetableDao(InMemoryTokenTimetableDao):
-    def insert_once(self, line: TokenTimetable) -> tuple[TokenTimetable, bool]:
+class ChildBlindOrderDao(InMemoryOrderDao):
+    """Stores any number of child orders of one item of a bundle."""
+
+    def create(self, entity: Order) -> Order:
         with self._lock:
-            return self._store(line), True
+            self._children.pop((str(entity.parent_id), entity.item_index or 0), None)
+            return super().create(entity)
+
+
+class WriteThenCheckOfferDao(InMemoryOfferDao):
+    """Writes the changes of an update first, then checks them."""
+
+    def update_by_id(self, entity_id: EntityId, changes: Mapping[str, Any]) -> Offer | None:
+        with self._lock:
+            current = self._table.rows.get(str(entity_id))
+            if current is not None:
+                for name, value in changes.items():
+                    setattr(current, name, value)
+            return super().update_by_id(entity_id, changes)
 
 
 class NativeIdOfferDao(InMemoryOfferDao):
@@ -110,8 +163,16 @@ def _backend_with(broken: type) -> InMemoryDaoFactory:
     return factory
 
 
-def floor_ignoring_backend() -> InMemoryDaoFactory:
-    return _backend_with(FloorIgnoringUserCreditsDao)
+def seq_blind_backend() -> InMemoryDaoFactory:
+    return _backend_with(SeqBlindTokenTimetableDao)
+
+
+def overwriting_backend() -> InMemoryDaoFactory:
+    return _backend_with(OverwritingUserCreditsDao)
+
+
+def version_blind_backend() -> InMemoryDaoFactory:
+    return _backend_with(VersionBlindUserCreditsDao)
 
 
 def recreating_backend() -> InMemoryDaoFactory:
@@ -122,8 +183,12 @@ def status_blind_backend() -> InMemoryDaoFactory:
     return _backend_with(StatusBlindOrderDao)
 
 
-def duplicating_backend() -> InMemoryDaoFactory:
-    return _backend_with(DuplicatingTokenTimetableDao)
+def child_blind_backend() -> InMemoryDaoFactory:
+    return _backend_with(ChildBlindOrderDao)
+
+
+def write_then_check_backend() -> InMemoryDaoFactory:
+    return _backend_with(WriteThenCheckOfferDao)
 
 
 def native_id_backend() -> InMemoryDaoFactory:
@@ -161,43 +226,68 @@ def _run_contract(
     ("contract", "backend", "expected_failures"),
     [
         pytest.param(
-            "UserCreditsDaoContract",
-            floor_ignoring_backend,
+            "TokenTimetableDaoContract",
+            seq_blind_backend,
             {
-                "test_add_tokens_with_a_floor_refuses_to_go_below_it",
-                "test_add_tokens_with_a_floor_may_reach_it",
-                "test_add_tokens_refused_by_the_floor_creates_nothing",
-                "test_concurrent_decrements_with_a_floor_never_overdraw",
+                "test_create_refuses_a_seq_already_used_in_the_account_and_stores_nothing",
+                "test_racing_creates_of_one_seq_store_one_line",
             },
-            id="add_tokens-ignores-floor",
+            id="ledger-accepts-a-duplicate-seq",
+        ),
+        pytest.param(
+            "UserCreditsDaoContract",
+            overwriting_backend,
+            {
+                "test_save_snapshot_refuses_a_snapshot_not_newer_than_the_stored_one",
+                "test_racing_save_snapshots_keep_the_highest_seq",
+            },
+            id="save_snapshot-overwrites-a-newer-snapshot",
+        ),
+        pytest.param(
+            "UserCreditsDaoContract",
+            version_blind_backend,
+            {
+                "test_save_window_refuses_a_stale_version",
+                "test_racing_save_windows_of_one_version_have_one_winner",
+            },
+            id="save_window-ignores-the-version",
         ),
         pytest.param(
             "UserCreditsDaoContract",
             recreating_backend,
             {
-                "test_get_or_create_returns_the_same_record_on_repeated_calls",
-                "test_concurrent_get_or_create_creates_one_record_per_user",
+                "test_register_returns_the_same_id_on_repeated_calls",
+                "test_open_account_registers_the_user",
+                "test_racing_registers_create_one_record_per_user",
             },
-            id="get_or_create-makes-a-second-record",
+            id="register-makes-a-second-record",
         ),
         pytest.param(
             "OrderDaoContract",
             status_blind_backend,
             {
                 "test_transition_from_an_unlisted_status_returns_none_and_changes_nothing",
-                "test_concurrent_transitions_from_pending_to_paid_succeed_once",
+                "test_racing_transitions_from_pending_to_paid_succeed_once",
             },
             id="transition-ignores-from_statuses",
         ),
         pytest.param(
-            "TokenTimetableDaoContract",
-            duplicating_backend,
+            "OrderDaoContract",
+            child_blind_backend,
             {
-                "test_insert_once_returns_the_line_of_a_reused_idempotency_key",
-                "test_insert_once_returns_the_line_of_the_same_order_and_reason",
-                "test_concurrent_insert_once_with_one_key_stores_one_line",
+                "test_a_second_child_order_of_one_item_is_refused_and_stores_nothing",
+                "test_racing_creates_of_one_child_order_store_one",
             },
-            id="insert_once-stores-duplicates",
+            id="child-orders-not-unique-per-item",
+        ),
+        pytest.param(
+            "OfferDaoContract",
+            write_then_check_backend,
+            {
+                "test_update_by_id_with_an_invalid_value_raises_and_leaves_the_offer_unchanged",
+                "test_update_by_id_refuses_a_key_used_by_another_offer_and_changes_nothing",
+            },
+            id="update_by_id-writes-before-checking",
         ),
         pytest.param(
             "OfferDaoContract",

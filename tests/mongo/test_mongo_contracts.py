@@ -1,4 +1,5 @@
-"""The MongoDB backend runs the whole contract suite of ``usercredits.testing``.
+"""The MongoDB backend runs the whole contract suite of ``usercredits.testing``: the DAO
+and service contracts and the fault-injection suite.
 
 Each test gets a fresh database with a unique name: on the embedded mongomock by
 default, on a real MongoDB when ``USERCREDITS_TEST_MONGO_URI`` is set (the database
@@ -11,13 +12,14 @@ import os
 import uuid
 
 from usercredits.dao import DaoFactory
-from usercredits.testing import dao_contracts, service_contracts
+from usercredits.testing import dao_contracts, faults, service_contracts
 from usercredits.testing.dao_contracts import (
     OfferDaoContract,
     OrderDaoContract,
     TokenTimetableDaoContract,
     UserCreditsDaoContract,
 )
+from usercredits.testing.faults import FaultInjectionContract
 from usercredits.testing.service_contracts import (
     BadInputContract,
     ConcurrencyContract,
@@ -102,10 +104,14 @@ class TestMongoConcurrency(MongoBackend, ConcurrencyContract):
     pass
 
 
+class TestMongoFaults(MongoBackend, FaultInjectionContract):
+    pass
+
+
 def test_every_contract_class_of_the_suite_runs_on_mongo() -> None:
     contracts = {
         getattr(module, name)
-        for module in (dao_contracts, service_contracts)
+        for module in (dao_contracts, service_contracts, faults)
         for name in module.__all__
     }
     with_tests = {c for c in contracts if any(n.startswith("test_") for n in dir(c))}

@@ -16,7 +16,7 @@ import click
 from dependency_injector import providers
 
 from usercredits.cli.backend import open_backend
-from usercredits.cli.commands import balance, catalog, consume, expire
+from usercredits.cli.commands import audit, balance, catalog, consume, expire, reconcile
 from usercredits.cli.demo import DEMO_START, run_demo
 from usercredits.cli.output import Output
 from usercredits.clock import FrozenClock
@@ -87,11 +87,12 @@ def demo(ctx: click.Context, backend: str, mongo_uri: str | None, db: str) -> No
         dao_factory = open_backend(uri, db)
         ctx.call_on_close(dao_factory.close)
         offers = dao_factory.get_offer_dao().count({})
-        users = dao_factory.get_user_credits_dao().count({})
-        if offers or users:
+        users = next(iter(dao_factory.get_user_credits_dao().iter_user_ids()), None)
+        if offers or users is not None:
             raise click.ClickException(
-                f"database {db!r} is not empty ({offers} offers, {users} users with credits): "
-                "the demo needs an empty one (pass another --db)"
+                f"database {db!r} is not empty ({offers} offers, users with credits: "
+                f"{'some' if users is not None else 'none'}): the demo needs an empty one "
+                "(pass another --db)"
             )
         container.dao_factory.override(providers.Object(dao_factory))
     run_demo(container.service(), client, clock, Output(ctx.find_root().meta["usercredits.rich"]))
@@ -101,3 +102,5 @@ main.add_command(catalog)
 main.add_command(balance)
 main.add_command(consume)
 main.add_command(expire)
+main.add_command(reconcile)
+main.add_command(audit)

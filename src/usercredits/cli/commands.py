@@ -22,6 +22,7 @@ from usercredits.catalog import (
 from usercredits.cli.backend import backend_options, service_for
 from usercredits.cli.expiry import ExpirySummary, expire_all, json_user_id
 from usercredits.cli.output import Column, Output, tokens, when
+from usercredits.cli.upkeep import audit_all, reconcile_all
 from usercredits.errors import IdempotencyConflictError, InsufficientCreditsError
 from usercredits.models import ActivatedOffer, UserCredits
 from usercredits.service import PaymentService
@@ -243,7 +244,7 @@ def consume(
     replay = idempotency_key is not None and (
         service.get_dao_factory()
         .get_token_timetable_dao()
-        .find_by_idempotency_key(user, idempotency_key)
+        .find_by_key(user, idempotency_key=idempotency_key)
         is not None
     )
     try:
@@ -324,10 +325,8 @@ def expire(
     failed (the others are still processed)."""
     out = _output(ctx)
     service = service_for(ctx, mongo_uri, db)
-    credits = service.get_dao_factory().get_user_credits_dao()
     warn_before = None if warn_days is None else timedelta(days=warn_days)
-    total = credits.count({}) if out.rich else None
-    with out.progress("Checking users", total) as advance:
+    with out.progress("Checking users", None) as advance:
         summary = expire_all(service, warn_before=warn_before, low=low or None, advance=advance)
     if as_json:
         click.echo(json.dumps(summary.to_json(), indent=2))
@@ -377,3 +376,94 @@ def render_expiry(out: Output, summary: ExpirySummary, max_warnings: int = 50) -
         )
         if len(summary.warnings) > len(shown):
             out.line(f"... and {len(summary.warnings) - len(shown)} more (--json lists all).")
+
+
+# -- reconcile and audit -----------------------------------------------------------------
+
+
+def _report_failures(ctx: click.Context, failures: list[tuple[Any, str]]) -> None:
+    for user_id, error in failures:
+        click.echo(f"Error: user {user_id!r}: {error}", err=True)
+
+
+@click.command(short_help="Complete interrupted operations of every user.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@backend_options
+@click.pass_context
+def reconcile(ctx: click.Context, as_json: bool, mongo_uri: str | None, db: str | None) -> None:
+    """Complete every operation a crash or a failed database call interrupted (settlements,
+    expiries, refunds), for every user with credits, and bring each group's cached balance up
+    to its ledger. Safe to run at any time, as often as wanted. Exit code 1 when any user's
+    run failed (the others are still processed)."""
+    out = _output(ctx)
+    service = service_for(ctx, mongo_uri, db)
+    with out.progress("Reconciling users", None) as advance:
+        summary = reconcile_all(service, advance=advance)
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2))
+    else:
+        document = summary.to_json()
+        out.table(
+            f"Reconcile run at {when(summary.now)} UTC",
+            [Column("what"), Column("count", right=True)],
+            [
+                ["users checked", tokens(summary.users_checked)],
+                ["orders completed", tokens(document["completed_orders"])],
+                ["groups repaired", tokens(document["repaired_groups"])],
+            ],
+        )
+    if summary.failures:
+        _report_failures(ctx, summary.failures)
+        ctx.exit(1)
+
+
+@click.command(short_help="Check every balance against its ledger.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@backend_options
+@click.pass_context
+def audit(ctx: click.Context, as_json: bool, mongo_uri: str | None, db: str | None) -> None:
+    """Check, for every user and offer group, that the balance read equals the sum of the
+    group's ledger lines and the tokens its live grants hold minus its debt. Exit code 1 when
+    a group disagrees or a user cannot be audited."""
+    out = _output(ctx)
+    service = service_for(ctx, mongo_uri, db)
+    with out.progress("Auditing users", None) as advance:
+        summary = audit_all(service, advance=advance)
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2))
+    else:
+        out.table(
+            f"Audit at {when(summary.now)} UTC",
+            [Column("what"), Column("count", right=True)],
+            [
+                ["users checked", tokens(summary.users_checked)],
+                ["groups checked", tokens(summary.groups_checked)],
+                ["groups disagreeing", tokens(len(summary.mismatches))],
+            ],
+        )
+        if summary.mismatches:
+            out.table(
+                "Groups disagreeing with their ledger",
+                [
+                    Column("user"),
+                    Column("group"),
+                    Column("balance", right=True),
+                    Column("ledger sum", right=True),
+                    Column("live - debt", right=True),
+                ],
+                [
+                    [
+                        str(user),
+                        g.offer_group,
+                        tokens(g.balance),
+                        tokens(g.ledger_sum),
+                        tokens(g.live_remainders - g.debt),
+                    ]
+                    for user, g in summary.mismatches
+                ],
+            )
+        else:
+            out.line("Every balance agrees with its ledger.")
+    _report_failures(ctx, summary.failures)
+    if not summary.ok:
+        ctx.exit(1)

@@ -126,7 +126,7 @@ class WonderAIDemo:
         return settled
 
     def grant_line(self, order: Order) -> str:
-        children = self.orders.find_children(order.id)
+        children = self.orders.find({"parent_id": order.id})
         granted = [o for o in [order, *children] if o.token_count]
         parts = [f"{tokens(o.token_count)} AI tokens until {when(o.expires)}" for o in granted]
         return ", ".join(parts) if parts else "no tokens"
@@ -240,7 +240,7 @@ class WonderAIDemo:
             f"VIP Growth bundle ({money(bundle.total, bundle.currency)}): {bundle.status}; "
             "its items become child orders:"
         )
-        for child in self.orders.find_children(bundle.id):
+        for child in self.orders.find({"parent_id": bundle.id}):
             out.line(
                 f"  - {self.key_of(child.offer_id)} to {child.offer_group}: "
                 f"{tokens(child.token_count)} tokens, until {when(child.expires)}"
@@ -278,16 +278,16 @@ class WonderAIDemo:
         service.tokens_consumed("carol", TOKENS, 45000)
         out.line(f"Carol uses 45,000 tokens: {self.balance('carol')} left.")
         ledger = service.get_dao_factory().get_token_timetable_dao()
-        state = replay(ledger.find_group("bob", TOKENS))
+        state = replay(ledger.find({"user_id": "bob", "offer_group": TOKENS}))
         rows = []
         for order in self.orders.find({"user_id": "bob"}):
-            if order.token_count and str(order.id) in state.grants:
+            if order.token_count and state.grant(str(order.id)) is not None:
                 rows.append(
                     [
                         self.key_of(order.offer_id),
                         when(order.expires),
                         tokens(order.token_count),
-                        tokens(state.grants[str(order.id)]),
+                        tokens(state.remainder(str(order.id))),
                     ]
                 )
         out.table(

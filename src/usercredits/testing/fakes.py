@@ -265,8 +265,8 @@ class FakePaymentClient(PaymentClient):
         with self._lock:
             intent = self._intents.get(order.payment_intent_id or "")
             if intent is not None:
-                if intent.refunded:
-                    raise PaymentError(f"payment intent {intent.id!r} is already refunded")
+                # Refunding again answers like the first time, as a gateway does for a retried
+                # request with the same idempotency key.
                 intent.refunded = True
             payload = None if intent is None else _intent_json(intent)
         return _with_entry(order, Status.REFUNDED, "Refunded by the fake gateway", payload)

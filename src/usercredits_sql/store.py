@@ -1,0 +1,178 @@
+"""The engine of the SQL backend: URLs, connections, transactions and driver errors.
+
+Connections run in autocommit mode, so a DAO method made of one statement is one round
+trip and one atomic commit. A method that must read and write atomically opens an explicit
+transaction (:meth:`SqlStore.transaction`): ``BEGIN IMMEDIATE`` on SQLite, which takes the
+database's write lock at once, so that concurrent writers queue on the busy timeout
+instead of failing. SQLite files are opened in WAL mode (readers never wait for the
+writer), with a busy timeout and foreign keys on, and are safe for several processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.pool import StaticPool
+
+from usercredits.errors import DuplicateEntityError, StorageError, UserCreditsError
+
+SQLITE_BUSY_TIMEOUT = 30.0
+"""Seconds an SQLite connection waits for another writer (thread or process) to finish."""
+
+_POSTGRES_NAMES = {"postgresql", "postgres", "postgresql+psycopg"}
+_SQLITE_NAMES = {"sqlite", "sqlite+pysqlite"}
+_UNIQUE_SQLITE_ERRORS = {"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
+_UNIQUE_VIOLATION = "23505"
+_SCHEMA_LOCK = 0x75736572637265
+"""The PostgreSQL advisory lock serialising the schema creation of concurrent processes."""
+
+
+def normalize_url(url: str | URL) -> URL:
+    """The SQLAlchemy URL of a backend URL: ``sqlite:///path.db`` (``sqlite://`` is an
+    in-memory database), ``postgresql://`` or ``postgresql+psycopg://`` (psycopg 3).
+    ValueError for any other URL."""
+    if isinstance(url, str) and "://" not in url:
+        raise ValueError(f"a database URL is required (sqlite:///… or postgresql://…), got {url!r}")
+    try:
+        parsed = make_url(url)
+    except (sa.exc.ArgumentError, ValueError) as e:
+        raise ValueError(f"not a database URL: {url!r}") from e
+    name = parsed.drivername
+    if name in _SQLITE_NAMES:
+        return parsed.set(drivername="sqlite+pysqlite")
+    if name in _POSTGRES_NAMES:
+        return parsed.set(drivername="postgresql+psycopg")
+    raise ValueError(
+        f"the SQL backend takes sqlite:// and postgresql:// (psycopg) URLs, not {name}:// "
+        f"({parsed.render_as_string(hide_password=True)!r})"
+    )
+
+
+def is_memory(url: URL) -> bool:
+    """Whether an SQLite URL names an in-memory database."""
+    database = url.database or ""
+    return database in ("", ":memory:") or url.query.get("mode") == "memory"
+
+
+def create_engine(url: str | URL) -> Engine:
+    """An engine for a backend URL (see :func:`normalize_url`), in autocommit mode."""
+    parsed = normalize_url(url)
+    options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"}
+    if parsed.get_backend_name() == "sqlite":
+        connect_args: dict[str, Any] = {"check_same_thread": False}
+        if is_memory(parsed):
+            options["poolclass"] = StaticPool
+        else:
+            connect_args["timeout"] = SQLITE_BUSY_TIMEOUT
+        options["connect_args"] = connect_args
+    engine = sa.create_engine(parsed, **options)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "connect", _remember_pid)
+    event.listen(engine, "checkout", _refuse_inherited)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _remember_pid(dbapi_connection: Any, record: Any) -> None:
+    record.info["pid"] = os.getpid()
+
+
+def _refuse_inherited(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    # A connection opened before a fork belongs to the parent process: never share it.
+    if record.info.get("pid") != os.getpid():
+        record.dbapi_connection = proxy.dbapi_connection = None
+        raise sa.exc.DisconnectionError("connection opened in another process; reconnecting")
+
+
+def _is_unique_violation(error: sa.exc.IntegrityError) -> bool:
+    orig = error.orig
+    if getattr(orig, "sqlstate", None) == _UNIQUE_VIOLATION:
+        return True
+    return getattr(orig, "sqlite_errorname", None) in _UNIQUE_SQLITE_ERRORS
+
+
+class SqlStore:
+    """The engine shared by the DAOs of one factory, with the connection helpers that
+    translate driver errors (StorageError; DuplicateEntityError for a broken uniqueness
+    rule). An in-memory SQLite database has one connection, used under a lock."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        memory = self.dialect == "sqlite" and is_memory(engine.url)
+        self._guard: contextlib.AbstractContextManager[Any] = (
+            threading.RLock() if memory else contextlib.nullcontext()
+        )
+
+    @contextlib.contextmanager
+    def errors(self, what: str) -> Iterator[None]:
+        """Raise the driver's errors of ``what`` as StorageError (or DuplicateEntityError)."""
+        try:
+            yield
+        except UserCreditsError:
+            raise
+        except sa.exc.IntegrityError as e:
+            detail = getattr(e, "orig", None) or e
+            if _is_unique_violation(e):
+                raise DuplicateEntityError(f"{what}: {detail}") from e
+            raise StorageError(f"{what}: {detail}") from e
+        except sa.exc.SQLAlchemyError as e:
+            detail = getattr(e, "orig", None) or e
+            raise StorageError(f"{what} failed: {detail}") from e
+        except OverflowError as e:
+            raise StorageError(f"{what}: an integer does not fit in 64 bits ({e})") from e
+
+    @contextlib.contextmanager
+    def connect(self, what: str) -> Iterator[Connection]:
+        """A connection for statements that each commit on their own."""
+        with self._guard, self.errors(what), self.engine.connect() as connection:
+            yield connection
+
+    @contextlib.contextmanager
+    def transaction(self, what: str) -> Iterator[Connection]:
+        """A connection in a transaction, committed when the block ends and rolled back when
+        it raises; on SQLite it holds the write lock from the start."""
+        with self.connect(what) as connection:
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+            try:
+                yield connection
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    connection.exec_driver_sql("ROLLBACK")
+                raise
+            connection.exec_driver_sql("COMMIT")
+
+    def create_schema(self, metadata: sa.MetaData) -> None:
+        """Create the tables and indexes that do not exist yet; concurrent calls (from
+        several processes) are serialised."""
+        with self.transaction("creating the schema") as connection:
+            if self.dialect == "postgresql":
+                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
+            metadata.create_all(connection, checkfirst=True)
+
+    def ping(self) -> None:
+        """Check that the database answers (StorageError when it does not)."""
+        with self.connect("connecting to the database") as connection:
+            connection.execute(sa.select(1))
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()

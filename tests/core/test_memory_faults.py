@@ -1,0 +1,10 @@
+"""The in-memory backend survives a failure at every write of every call."""
+
+from usercredits.dao import DaoFactory
+from usercredits.memory import InMemoryDaoFactory
+from usercredits.testing.faults import FaultInjectionContract
+
+
+class TestInMemoryFaults(FaultInjectionContract):
+    def make_dao_factory(self) -> DaoFactory:
+        return InMemoryDaoFactory()
