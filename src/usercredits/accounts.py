@@ -21,7 +21,6 @@ Windows change by compare-and-set on their version (:meth:`Accounts.change_windo
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import time
@@ -101,8 +100,10 @@ class Accounts:
 
     def _open(self, user_id: UserId, offer_group: str, now: datetime) -> Account:
         account = self._credits.get_account(user_id, offer_group)
-        return account if account is not None else self._credits.open_account(
-            user_id, offer_group, now
+        return (
+            account
+            if account is not None
+            else self._credits.open_account(user_id, offer_group, now)
         )
 
     # -- writing ---------------------------------------------------------------------------
@@ -111,8 +112,8 @@ class Accounts:
         self, user_id: UserId, offer_group: str, decide: Decision, *, now: datetime
     ) -> Appended:
         """Append the line ``decide`` makes from the account's latest snapshot, as its next
-        line (the account is opened when absent, once there is a line to append). Exactly one of racing appends takes each
-        number; the others decide again on the newer lines."""
+        line (the account is opened when absent, once there is a line to append). Exactly one
+        of racing appends takes each number; the others decide again on the newer lines."""
         account = self._credits.get_account(user_id, offer_group)
         snapshot = Snapshot() if account is None else account.snapshot
         for attempt in range(ATTEMPTS):
@@ -188,4 +189,4 @@ class Accounts:
 def _back_off(attempt: int) -> None:
     """Pause a little after a few lost races, so that racing writers spread out."""
     if attempt >= 2:
-        time.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))  # noqa: S311 - jitter only
+        time.sleep(random.uniform(0, 0.0005 * min(attempt, 20)))

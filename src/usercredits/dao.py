@@ -96,9 +96,11 @@ class OfferDao(Reader[Offer]):
 
 
 class OrderDao(Reader[Order]):
-    """Orders. ``payment_intent_secret`` is never stored. A child order (``parent_id`` set) is
-    unique per (``parent_id``, ``item_index``): ``create`` of a second one raises
-    DuplicateEntityError."""
+    """Orders. ``payment_intent_secret`` is never stored. Two uniqueness rules hold, a write
+    breaking one raising DuplicateEntityError and storing nothing: a child order (``parent_id``
+    set) is unique per (``parent_id``, ``item_index``), and a user holds at most one paid
+    order with ``exclusive`` set per offer (per ``user_id``, ``offer_id``), whether the
+    second one is created paid or changed to paid by ``transition``."""
 
     @abc.abstractmethod
     def transition(

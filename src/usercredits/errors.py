@@ -28,6 +28,14 @@ class InvalidOrderError(InvalidInputError):
     """An order cannot be created as asked (quantity, currency, start date...)."""
 
 
+class OfferNotAvailableError(InvalidOrderError):
+    """The offer is not for sale to this user: it is unlocked by a purchase the user lacks."""
+
+
+class HoldExpiredError(UserCreditsError):
+    """The hold is no longer active: it reached its ``expires_at``, or was released."""
+
+
 class InvalidOfferError(InvalidInputError):
     """An offer (or a bundle item) is malformed: unknown cycle, bad price, missing field..."""
 

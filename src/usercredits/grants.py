@@ -9,7 +9,9 @@ holds, the debt, and the active holds. The fold is pure and total:
   ``priority`` first, then the soonest ``expires`` (never-expiring last), then
   the oldest -- and what no grant covers becomes debt;
 * an expiry, refund or void line takes its tokens from the grant it names;
-* a grant holding nothing leaves the snapshot: it can never hold anything again.
+* a grant holding nothing leaves the snapshot: it can never hold anything again;
+* a hold line reserves tokens until its ``expires``; a capture (a consumption naming
+  the hold) or a release line ends it, and so does any line dated after its end.
 
 So whatever the lines, ``snapshot.balance == sum(line.tokens)`` and equals the
 live remainders minus the debt. The services decide each line from the snapshot
@@ -56,6 +58,15 @@ class LiveGrant(NamedTuple):
         return (self.priority, self.expires is None, self.expires, self.seq)
 
 
+class HeldTokens(NamedTuple):
+    """An active hold: tokens reserved until ``expires_at``."""
+
+    hold_id: str
+    tokens: int
+    expires_at: datetime
+    seq: int
+
+
 class Snapshot(NamedTuple):
     """The fold of an account's lines up to ``seq``: a cache, never a second truth."""
 
@@ -63,6 +74,20 @@ class Snapshot(NamedTuple):
     debt: int = 0
     grants: tuple[LiveGrant, ...] = ()
     """The live grants holding tokens, in burn order."""
+    holds: tuple[HeldTokens, ...] = ()
+    """The holds neither captured, released nor ended by the date of the latest line."""
+
+    def held(self, now: datetime) -> int:
+        """The tokens held by holds still active at ``now``."""
+        return sum(h.tokens for h in self.holds if h.expires_at > now)
+
+    def available(self, now: datetime) -> int:
+        """The balance minus the tokens held at ``now``: what a safe consumption may take."""
+        return self.balance - self.held(now)
+
+    def hold(self, hold_id: str) -> HeldTokens | None:
+        """The hold of this id if it is neither captured, released nor pruned."""
+        return next((h for h in self.holds if h.hold_id == hold_id), None)
 
     @property
     def balance(self) -> int:
@@ -90,7 +115,7 @@ class Snapshot(NamedTuple):
             debt -= repaid
             if tokens > repaid:
                 made = LiveGrant(
-                    grant_id=line.grant_id or f"line-{line.seq}",
+                    grant_id=line.grant_id or str(line.id),
                     order_id=None if line.order_id is None else str(line.order_id),
                     source=SOURCES.get(line.reason, GrantSource.ADJUSTMENT),
                     tokens=tokens,
@@ -106,7 +131,17 @@ class Snapshot(NamedTuple):
             if line.reason in TAKING and line.grant_id is not None:
                 wanted = _take(grants, line.grant_id, wanted)
             debt += _draw(grants, wanted)
-        return Snapshot(seq=line.seq, debt=debt, grants=tuple(grants))
+        holds = self.holds
+        if holds or line.reason is LedgerReason.HOLD:
+            moment = line.created_at
+            holds = tuple(
+                h
+                for h in holds
+                if h.hold_id != line.hold_id and (moment is None or h.expires_at > moment)
+            )
+            if line.reason is LedgerReason.HOLD and line.expires is not None:
+                holds += (HeldTokens(str(line.id), line.held, line.expires, line.seq),)
+        return Snapshot(seq=line.seq, debt=debt, grants=tuple(grants), holds=holds)
 
     def apply_all(self, lines: Iterable[TokenTimetable]) -> Snapshot:
         """The snapshot after every line of ``lines``, given in order."""
@@ -129,6 +164,15 @@ class Snapshot(NamedTuple):
                 }
                 for g in self.grants
             ],
+            "holds": [
+                {
+                    "hold_id": h.hold_id,
+                    "tokens": h.tokens,
+                    "expires_at": h.expires_at.isoformat(),
+                    "seq": h.seq,
+                }
+                for h in self.holds
+            ],
         }
 
     @classmethod
@@ -150,6 +194,15 @@ class Snapshot(NamedTuple):
                     seq=int(g["seq"]),
                 )
                 for g in data["grants"]
+            ),
+            holds=tuple(
+                HeldTokens(
+                    hold_id=h["hold_id"],
+                    tokens=int(h["tokens"]),
+                    expires_at=datetime.fromisoformat(h["expires_at"]),
+                    seq=int(h["seq"]),
+                )
+                for h in data.get("holds", ())
             ),
         )
 

@@ -214,6 +214,23 @@ class InMemoryOrderDao(_Reader[Order], OrderDao):
         super().__init__(table)
         self._by_intent: dict[str, str] = {}
         self._children: dict[tuple[str, int], str] = {}
+        self._exclusive: dict[tuple[UserKey, str], str] = {}
+
+    @staticmethod
+    def _slot(order: Order) -> tuple[UserKey, str] | None:
+        """The place a paid exclusive order takes, None for any other order."""
+        if not order.exclusive or order.status is not Status.PAID:
+            return None
+        return (_user_key(order.user_id), str(order.offer_id))
+
+    def _check_slot(self, order: Order) -> None:
+        slot = self._slot(order)
+        holder = None if slot is None else self._exclusive.get(slot)
+        if holder is not None and holder != str(order.id):
+            raise DuplicateEntityError(
+                f"user {order.user_id!r} holds a paid exclusive order of offer "
+                f"{order.offer_id!r} already (order {holder!r})"
+            )
 
     def create(self, entity: Order) -> Order:
         stored = copy.deepcopy(entity)
@@ -226,7 +243,11 @@ class InMemoryOrderDao(_Reader[Order], OrderDao):
                     raise DuplicateEntityError(
                         f"item {child[1]} of bundle order {child[0]!r} has a child order already"
                     )
+            self._check_slot(stored)
             created = self._table.insert(stored)
+            slot = self._slot(stored)
+            if slot is not None:
+                self._exclusive[slot] = str(stored.id)
             if child is not None:
                 self._children[child] = str(stored.id)
             if stored.payment_intent_id is not None:
@@ -249,9 +270,13 @@ class InMemoryOrderDao(_Reader[Order], OrderDao):
             if current.status not in from_statuses:
                 return None
             history = list(current.history) + ([copy.deepcopy(entry)] if entry is not None else [])
-            updated = dataclasses.replace(
-                current, **copy.deepcopy(changes), history=history
-            )
+            updated = dataclasses.replace(current, **copy.deepcopy(changes), history=history)
+            self._check_slot(updated)
+            before, after = self._slot(current), self._slot(updated)
+            if before is not None and before != after:
+                del self._exclusive[before]
+            if after is not None:
+                self._exclusive[after] = str(order_id)
             self._table.rows[str(order_id)] = updated
             intent = changes.get("payment_intent_id")
             if intent is not None:
@@ -286,8 +311,9 @@ class InMemoryOrderDao(_Reader[Order], OrderDao):
     def find_live(self, user_id: UserId, offer_group: str | None = None) -> list[Order]:
         return self._of_user(
             user_id,
-            lambda o: o.status is Status.PAID
-            and (offer_group is None or o.offer_group == offer_group),
+            lambda o: (
+                o.status is Status.PAID and (offer_group is None or o.offer_group == offer_group)
+            ),
         )
 
     def find_in_progress(self, user_id: UserId) -> list[Order]:
@@ -326,7 +352,9 @@ class InMemoryTokenTimetableDao(_Reader[TokenTimetable], TokenTimetableDao):
                     f"line {stored.seq} of account {stored.offer_group!r} of user "
                     f"{stored.user_id!r} exists already"
                 )
-            names = self._key_names(stored) if stored.idempotency_key or stored.operation_key else ()
+            names = (
+                self._key_names(stored) if stored.idempotency_key or stored.operation_key else ()
+            )
             for name in names:
                 if name in self._keys:
                     raise DuplicateEntityError(

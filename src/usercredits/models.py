@@ -71,6 +71,8 @@ class LedgerReason(enum.StrEnum):
     ADJUSTMENT = "adjustment"
     GRANT = "grant"
     VOID = "void"
+    HOLD = "hold"
+    RELEASE = "release"
 
 
 class GrantSource(enum.StrEnum):
@@ -79,6 +81,15 @@ class GrantSource(enum.StrEnum):
     PURCHASE = "purchase"
     PROMOTIONAL = "promotional"
     ADJUSTMENT = "adjustment"
+
+
+class HoldStatus(enum.StrEnum):
+    """The state of a hold: active until captured, released, or past its ``expires_at``."""
+
+    ACTIVE = "active"
+    CAPTURED = "captured"
+    RELEASED = "released"
+    EXPIRED = "expired"
 
 
 class GrantStatus(enum.StrEnum):
@@ -330,6 +341,8 @@ class Order:
     """The priority of the grant the order makes (copied from the offer)."""
     item_index: int | None = None
     """For a child order: the position of its item in the bundle order's ``combined_items``."""
+    exclusive: bool = False
+    """Set on free orders: a user holds at most one paid exclusive order of an offer."""
     in_progress: bool = False
     """True from a change of status until every effect of it (grants, revocations, child
     orders, windows) is applied; a retry of the call, the expiry routine or ``reconcile``
@@ -479,10 +492,30 @@ class TokenTimetable:
     unique per user, so a retried operation never writes its line twice."""
     note: str | None = None
     """Free text recorded with the line (a promotion's reason...)."""
+    hold_id: str | None = None
+    """The hold a capture or release line closes."""
+    held: int = 0
+    """For a hold line: the tokens it reserves (its ``expires`` is the hold's end)."""
 
     def __post_init__(self) -> None:
         if type(self.reason) is not LedgerReason:
             self.reason = LedgerReason(self.reason)
+
+
+@dataclass(kw_only=True)
+class Hold:
+    """Tokens reserved before a long job: they cannot be consumed by others until the hold
+    is captured (consumed, up to what the job used) or released, or ends at ``expires_at``."""
+
+    id: str = ""
+    user_id: UserId = None
+    offer_group: str = ""
+    tokens: int = 0
+    expires_at: datetime | None = None
+    status: HoldStatus = HoldStatus.ACTIVE
+
+    def __post_init__(self) -> None:
+        self.status = HoldStatus(self.status)
 
 
 @dataclass(kw_only=True)

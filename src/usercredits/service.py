@@ -18,9 +18,13 @@ from usercredits.clock import Clock, system_clock
 from usercredits.dao import DaoFactory
 from usercredits.errors import InvalidInputError
 from usercredits.models import (
+    DEFAULT_PRIORITY,
     AuditReport,
     EntityId,
     ExpiryReport,
+    Grant,
+    GrantSource,
+    Hold,
     Offer,
     Order,
     ReconcileReport,
@@ -34,6 +38,8 @@ from usercredits.payment import PaymentClient
 from usercredits.usecases import (
     consumption,
     expiry,
+    granting,
+    holds,
     ordering,
     refunds,
     settlement,
@@ -189,6 +195,95 @@ class PaymentService:
     def load_user_credits(self, user_id: UserId) -> UserCredits | None:
         """The user's credits, None when the user never ordered nor consumed."""
         return views.load_user_credits(self._ctx, user_id)
+
+    def history(
+        self,
+        user_id: UserId,
+        offer_group: str | None = None,
+        *,
+        limit: int = 50,
+        before: EntityId = None,
+    ) -> list[TokenTimetable]:
+        """The user's ledger lines (of one group when given), newest first: at most ``limit``
+        (1 to 1000), recorded before the line ``before`` when given (a cursor: pass the id of
+        the last line of a page to get the next page)."""
+        return views.history(self._ctx, user_id, offer_group, limit, before)
+
+    # -- grants ------------------------------------------------------------------------
+
+    def grants(
+        self, user_id: UserId, offer_group: str | None = None, *, include_ended: bool = False
+    ) -> list[Grant]:
+        """The user's live grants (of one group when given), in burn order within each group:
+        lowest priority first, then the soonest expiry (never-expiring last), then the oldest.
+        With ``include_ended``, every grant made, expired, refunded or voided too (read from
+        the whole ledger)."""
+        return granting.grants(self._ctx, user_id, offer_group, include_ended)
+
+    def grant_tokens(
+        self,
+        user_id: UserId,
+        offer_group: str,
+        count: int,
+        *,
+        expires: datetime | None = None,
+        priority: int = DEFAULT_PRIORITY,
+        source: GrantSource | str = GrantSource.PROMOTIONAL,
+        idempotency_key: str | None = None,
+        note: str | None = None,
+    ) -> Grant:
+        """Credit ``count`` tokens without an order (a promotion, a compensation), expiring at
+        ``expires`` (None: never). Like any grant it repays the group's debt first. A retry
+        with the same ``idempotency_key`` returns the same grant; a key used for anything
+        else raises IdempotencyConflictError."""
+        return granting.grant_tokens(
+            self._ctx,
+            user_id,
+            offer_group,
+            count,
+            expires=expires,
+            priority=priority,
+            source=source,
+            idempotency_key=idempotency_key,
+            note=note,
+        )
+
+    def void_grant(self, grant_id: EntityId) -> Grant:
+        """Remove what the grant (a direct grant's id, or an order's id for its purchase
+        grant) still holds, now; idempotent. EntityNotFoundError for an unknown grant."""
+        return granting.void_grant(self._ctx, grant_id)
+
+    # -- holds -------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        user_id: UserId,
+        offer_group: str,
+        count: int,
+        *,
+        ttl: timedelta = timedelta(minutes=10),
+        idempotency_key: str | None = None,
+    ) -> Hold:
+        """Hold ``count`` tokens for a job until now + ``ttl``: safe consumptions and other
+        holds cannot take them meanwhile. InsufficientCreditsError (nothing held) when fewer
+        tokens are available. A retry with the same key returns the same hold."""
+        return holds.reserve(
+            self._ctx, user_id, offer_group, count, ttl=ttl, idempotency_key=idempotency_key
+        )
+
+    def available_tokens(self, user_id: UserId, offer_group: str) -> int:
+        """The balance minus the tokens of the active holds."""
+        return holds.available_tokens(self._ctx, user_id, offer_group)
+
+    def capture(self, hold_id: EntityId, count: int | None = None) -> TokenTimetable:
+        """Consume ``count`` tokens of the hold (default: all it holds; more only if the
+        excess is available, else InsufficientCreditsError) and free the rest; exactly once:
+        a retry returns the same line. HoldExpiredError when the hold ended or was released."""
+        return holds.capture(self._ctx, hold_id, count)
+
+    def release(self, hold_id: EntityId) -> Hold:
+        """Free the hold's tokens; idempotent."""
+        return holds.release(self._ctx, hold_id)
 
     # -- expiry and upkeep -------------------------------------------------------------
 

@@ -306,8 +306,8 @@ class MongoOfferDao(_MongoReader[Offer], OfferDao):
 
 class MongoOrderDao(_MongoReader[Order], OrderDao):
     """Orders in ``usercredits_orders``; state changes are conditional ``find_one_and_update``
-    calls, and a partial unique index keeps one child order per bundle item. The payment
-    intent secret is never stored."""
+    calls. Partial unique indexes keep one child order per bundle item and one paid exclusive
+    order per user and offer. The payment intent secret is never stored."""
 
     _codec = ORDER_CODEC
 
@@ -315,12 +315,23 @@ class MongoOrderDao(_MongoReader[Order], OrderDao):
         super().__init__(store, store.orders)
 
     def _duplicate(self, entity: Order, error: DuplicateKeyError) -> DuplicateEntityError:
-        if entity.parent_id is not None:
+        # A real server names the index broken; on mongomock, the order tells.
+        child = "order_child_unique" in str(error)
+        exclusive = "order_user_offer_exclusive_paid_unique" in str(error)
+        if not (child or exclusive):
+            child = entity.parent_id is not None
+            exclusive = entity.exclusive and entity.status is Status.PAID
+        if child:
             return DuplicateEntityError(
                 f"item {entity.item_index!r} of bundle order {entity.parent_id!r} has a child "
                 "order already"
             )
-        return DuplicateEntityError(f"order {entity.id!r} already exists")
+        if exclusive:
+            return DuplicateEntityError(
+                f"user {entity.user_id!r} holds a paid exclusive order of offer "
+                f"{entity.offer_id!r} already"
+            )
+        return DuplicateEntityError(f"order {entity.id!r} exists already")
 
     @_guarded
     def transition(
@@ -346,9 +357,15 @@ class MongoOrderDao(_MongoReader[Order], OrderDao):
         oid = object_id(order_id)
         condition = {"_id": oid, "status": {"$in": [Status(s).value for s in from_statuses]}}
         if update:
-            raw = self._collection.find_one_and_update(
-                condition, _encodable(update), return_document=ReturnDocument.AFTER
-            )
+            try:
+                raw = self._collection.find_one_and_update(
+                    condition, _encodable(update), return_document=ReturnDocument.AFTER
+                )
+            except DuplicateKeyError as e:
+                raise DuplicateEntityError(
+                    f"order {order_id!r} cannot be paid: its user holds a paid exclusive order "
+                    "of its offer already"
+                ) from e
         else:
             raw = self._collection.find_one(condition)
         if raw is not None:
@@ -410,14 +427,16 @@ class MongoTokenTimetableDao(_MongoReader[TokenTimetable], TokenTimetableDao):
         super().__init__(store, store.ledger)
 
     def _duplicate(self, entity: TokenTimetable, error: DuplicateKeyError) -> DuplicateEntityError:
-        # A real server names the index broken; mongomock does not.
-        pattern = (error.details or {}).get("keyPattern") or {}
+        # A real server names the index broken; on mongomock, the line tells when it can.
+        index = str(error)
         user = entity.user_id
-        if "idempotency_key" in pattern:
+        if "ledger_user_idempotency_key_unique" in index:
             clash = f"the idempotency key {entity.idempotency_key!r} of user {user!r} is used"
-        elif "operation_key" in pattern:
+        elif "ledger_user_operation_key_unique" in index:
             clash = f"the operation key {entity.operation_key!r} of user {user!r} is used"
-        elif "seq" in pattern:
+        elif "ledger_account_seq_unique" in index or (
+            entity.idempotency_key is None and entity.operation_key is None and entity.id is None
+        ):
             clash = f"line {entity.seq} of account {entity.offer_group!r} of user {user!r} exists"
         else:
             clash = (

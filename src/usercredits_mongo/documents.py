@@ -95,7 +95,8 @@ class OrderStatusDocument(me.EmbeddedDocument):  # type: ignore[misc]
 
 
 class OrderDocument(me.Document):  # type: ignore[misc]
-    """An order; a child order of a bundle is unique per (``parent_id``, ``item_index``)."""
+    """An order; a child order of a bundle is unique per (``parent_id``, ``item_index``), and a
+    paid ``exclusive`` order per (``user_id``, ``offer_id``)."""
 
     meta = {**_META, "collection": "usercredits_orders"}
 
@@ -124,6 +125,7 @@ class OrderDocument(me.Document):  # type: ignore[misc]
     append_date = me.BooleanField()
     priority = me.IntField()
     item_index = me.IntField()
+    exclusive = me.BooleanField()
     in_progress = me.BooleanField()
 
 
@@ -147,6 +149,8 @@ class TokenTimetableDocument(me.Document):  # type: ignore[misc]
     priority = me.IntField()
     operation_key = me.StringField()
     note = me.StringField()
+    hold_id = me.StringField()
+    held = me.IntField()
 
 
 class UserCreditsDocument(me.Document):  # type: ignore[misc]
@@ -219,6 +223,12 @@ INDEXES: dict[type[Any], list[Index]] = {
             _asc("parent_id", "item_index"),
             unique=True,
             partial={"parent_id": {"$exists": True}},
+        ),
+        Index(
+            "order_user_offer_exclusive_paid_unique",
+            _asc("user_id", "offer_id"),
+            unique=True,
+            partial={"exclusive": True, "status": Status.PAID.value},
         ),
         Index(
             "order_payment_intent",

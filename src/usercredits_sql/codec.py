@@ -1,9 +1,8 @@
 """Conversions between the domain model and the rows of :mod:`usercredits_sql.schema`.
 
-* Entity ids are 64-bit integers; an id given as its ``str()`` is accepted everywhere, and
-  a value that is no such id simply matches nothing.
-* A column holding the id of another entity stores the id's text form and reads back an
-  integer when the text is one (the ids of this backend), else the text.
+* Entity ids are UUID hex strings (new ones) or the ``str()`` of an id given to ``create``;
+  an id is matched by its ``str()``, so a value that is no stored id matches nothing.
+* A column holding the id of another entity stores the id's ``str()``.
 * User ids keep their type: a tag (``str``, ``int``, ``uuid``) and the text form.
 * Integers must fit in 64 bits (StorageError otherwise); lists and nested records are JSON.
 """
@@ -13,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import re
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
@@ -42,8 +40,6 @@ M = TypeVar("M")
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
-_DIGITS = re.compile(r"0|[1-9][0-9]{0,18}")
-
 USER_TYPES: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "uuid": uuid.UUID}
 """How each user id type tag reads back its text form."""
 
@@ -52,30 +48,16 @@ class NoMatch(Exception):
     """A filter value that no stored row can hold (an id of another backend...)."""
 
 
-def parse_id(value: Any) -> int | None:
-    """The entity id ``value`` stands for (an id or its ``str()``), None when it is none."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value if 0 < value <= INT64_MAX else None
-    if isinstance(value, str) and _DIGITS.fullmatch(value):
-        parsed = int(value)
-        return parsed if 0 < parsed <= INT64_MAX else None
-    return None
+def new_id() -> str:
+    """A new entity id."""
+    return uuid.uuid4().hex
 
 
 def encode_ref(value: Any) -> str | None:
-    """The stored text of a reference to another entity (None stays None)."""
+    """The stored text of an entity id, or of a reference to one (None stays None)."""
     if value is None:
         return None
     return str(value)
-
-
-def decode_ref(text: str | None) -> Any:
-    """The reference a stored text stands for: an integer id when it is one, else the text."""
-    if text is None:
-        return None
-    return parse_id(text) or text
 
 
 def encode_user(user_id: Any) -> tuple[str, str]:
@@ -98,7 +80,7 @@ def decode_user(user_type: str, text: str) -> Any:
     return USER_TYPES[user_type](text)
 
 
-def user_matches(table: sa.Table, user_id: Any) -> sa.ColumnElement[bool]:
+def user_matches(table: sa.FromClause, user_id: Any) -> sa.ColumnElement[bool]:
     """The condition selecting the rows of one user (NoMatch for a type never stored)."""
     try:
         user_type, text = encode_user(user_id)
@@ -247,7 +229,7 @@ def _enum_field(name: str, kind: type[enum.StrEnum]) -> Field:
 
 
 def _ref_field(name: str) -> Field:
-    return Field(name, name, encode=encode_ref, decode=decode_ref)
+    return Field(name, name, encode=encode_ref)
 
 
 class EntityCodec(Generic[M]):
@@ -272,16 +254,8 @@ class EntityCodec(Generic[M]):
 
     def values(self, entity: M) -> dict[str, Any]:
         """The column values storing ``entity`` (its id only when it has one)."""
-        row: dict[str, Any] = {}
         entity_id = getattr(entity, "id", None)
-        if entity_id is not None:
-            parsed = parse_id(entity_id)
-            if parsed is None:
-                raise InvalidInputError(
-                    f"{self.model.__name__} id {entity_id!r}: ids of the SQL backend are "
-                    "positive 64-bit integers"
-                )
-            row["id"] = parsed
+        row: dict[str, Any] = {"id": new_id() if entity_id is None else encode_ref(entity_id)}
         if self.has_user:
             row["user_type"], row["user_id"] = encode_user(getattr(entity, "user_id"))  # noqa: B009
         for field in self.fields.values():
@@ -321,10 +295,9 @@ class EntityCodec(Generic[M]):
         remaining: dict[str, Any] = {}
         for name, value in filters.items():
             if name == "id":
-                parsed = parse_id(value)
-                if parsed is None:
+                if value is None:
                     raise NoMatch
-                conditions.append(self.table.c.id == parsed)
+                conditions.append(self.table.c.id == encode_ref(value))
             elif name == "user_id" and self.has_user:
                 conditions.append(user_matches(self.table, value))
             elif name not in self.fields:
@@ -435,6 +408,7 @@ def order_codec(exact_money: bool) -> EntityCodec[Order]:
             Field("append_date", "append_date"),
             _int_field("priority"),
             _int_field("item_index"),
+            Field("exclusive", "exclusive"),
             Field("in_progress", "in_progress"),
         ],
     )
@@ -458,5 +432,7 @@ def line_codec() -> EntityCodec[TokenTimetable]:
             _int_field("priority"),
             Field("operation_key", "operation_key"),
             Field("note", "note"),
+            Field("hold_id", "hold_id"),
+            _int_field("held"),
         ],
     )

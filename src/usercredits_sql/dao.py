@@ -51,10 +51,10 @@ from usercredits_sql.codec import (
     encode_ref,
     encode_user,
     int64,
+    new_id,
     line_codec,
     offer_codec,
     order_codec,
-    parse_id,
     status_data,
     user_matches,
 )
@@ -82,13 +82,11 @@ class _SqlReader(Generic[E]):
         return [self._codec.decode(row) for row in rows]
 
     def find_by_id(self, entity_id: EntityId) -> E | None:
-        parsed = parse_id(entity_id)
-        if parsed is None:
+        key = encode_ref(entity_id)
+        if key is None:
             return None
         with self._store.connect(f"reading {self._kind} {entity_id!r}") as connection:
-            row = connection.execute(
-                sa.select(self._table).where(self._table.c.id == parsed)
-            ).first()
+            row = connection.execute(sa.select(self._table).where(self._table.c.id == key)).first()
         return None if row is None else self._codec.decode(row)
 
     def _select(
@@ -98,7 +96,7 @@ class _SqlReader(Generic[E]):
             where, remaining = self._codec.where(filters)
         except NoMatch:
             return []
-        statement = sa.select(self._table).where(*where, *conditions).order_by(self._table.c.id)
+        statement = sa.select(self._table).where(*where, *conditions).order_by(self._table.c.pk)
         if limit is not None and not remaining:
             statement = statement.limit(limit)
         with self._store.connect(f"finding {self._kind} entities") as connection:
@@ -124,11 +122,10 @@ class _SqlReader(Generic[E]):
         with self._store.connect(f"counting {self._kind} entities") as connection:
             return int(connection.execute(statement).scalar_one())
 
-    def _insert_returning(self, connection: Connection, values: Mapping[str, Any]) -> E:
-        row = connection.execute(
+    def _insert_returning(self, connection: Connection, values: Mapping[str, Any]) -> Row[Any]:
+        return connection.execute(
             sa.insert(self._table).values(**values).returning(*self._table.c)
         ).one()
-        return self._codec.decode(row)
 
 
 class SqlOfferDao(_SqlReader[Offer], OfferDao):
@@ -138,19 +135,19 @@ class SqlOfferDao(_SqlReader[Offer], OfferDao):
     def __init__(self, store: SqlStore):
         super().__init__(store, offer_codec(exact_money=store.dialect != "sqlite"))
 
-    def _write_lists(self, connection: Connection, offer_id: int, offer: Offer) -> None:
+    def _write_lists(self, connection: Connection, pk: int, offer: Offer) -> None:
         tags = schema.offer_tags
         unlocks = schema.offer_unlocks
-        connection.execute(sa.delete(tags).where(tags.c.offer_id == offer_id))
-        connection.execute(sa.delete(unlocks).where(unlocks.c.offer_id == offer_id))
+        connection.execute(sa.delete(tags).where(tags.c.offer_pk == pk))
+        connection.execute(sa.delete(unlocks).where(unlocks.c.offer_pk == pk))
         if offer.tags:
             connection.execute(
-                sa.insert(tags), [{"offer_id": offer_id, "tag": t} for t in dict.fromkeys(offer.tags)]
+                sa.insert(tags), [{"offer_pk": pk, "tag": tag} for tag in dict.fromkeys(offer.tags)]
             )
         if offer.unlocked_by:
             connection.execute(
                 sa.insert(unlocks),
-                [{"offer_id": offer_id, "offer_group": g} for g in dict.fromkeys(offer.unlocked_by)],
+                [{"offer_pk": pk, "offer_group": g} for g in dict.fromkeys(offer.unlocked_by)],
             )
 
     def _duplicate_key(self, key: str | None) -> DuplicateEntityError:
@@ -160,8 +157,9 @@ class SqlOfferDao(_SqlReader[Offer], OfferDao):
         values = self._codec.values(entity)
         try:
             with self._store.transaction(f"creating offer {entity.name!r}") as connection:
-                created = self._insert_returning(connection, values)
-                self._write_lists(connection, created.id, created)
+                row = self._insert_returning(connection, values)
+                created = self._codec.decode(row)
+                self._write_lists(connection, row.pk, created)
         except DuplicateEntityError as e:
             if entity.key is not None and self.find_by_key(entity.key) is not None:
                 raise self._duplicate_key(entity.key) from e
@@ -170,40 +168,45 @@ class SqlOfferDao(_SqlReader[Offer], OfferDao):
 
     def update_by_id(self, entity_id: EntityId, changes: Mapping[str, Any]) -> Offer | None:
         self._codec.changes(changes)
-        parsed = parse_id(entity_id)
-        if parsed is None:
+        key = encode_ref(entity_id)
+        if key is None:
             return None
         table = self._table
         try:
             with self._store.transaction(f"updating offer {entity_id!r}") as connection:
                 row = connection.execute(
-                    sa.select(table).where(table.c.id == parsed).with_for_update()
+                    sa.select(table).where(table.c.id == key).with_for_update()
                 ).first()
                 if row is None:
                     return None
                 current = self._codec.decode(row)
                 # Rebuilding the offer validates the changed fields before anything is stored.
                 updated = dataclasses.replace(current, **copy.deepcopy(dict(changes)))
+                pk = row.pk
                 values = self._codec.values(updated)
                 del values["id"]
                 row = connection.execute(
-                    sa.update(table).where(table.c.id == parsed).values(**values).returning(*table.c)
+                    sa.update(table).where(table.c.pk == pk).values(**values).returning(*table.c)
                 ).one()
                 if (updated.tags, updated.unlocked_by) != (current.tags, current.unlocked_by):
-                    self._write_lists(connection, parsed, updated)
+                    self._write_lists(connection, pk, updated)
         except DuplicateEntityError as e:
             raise self._duplicate_key(changes.get("key")) from e
         return self._codec.decode(row)
 
     def delete_by_id(self, entity_id: EntityId) -> bool:
-        parsed = parse_id(entity_id)
-        if parsed is None:
+        key = encode_ref(entity_id)
+        if key is None:
             return False
+        table = self._table
         with self._store.transaction(f"deleting offer {entity_id!r}") as connection:
+            pk = connection.execute(sa.select(table.c.pk).where(table.c.id == key)).scalar()
+            if pk is None:
+                return False
             for side in (schema.offer_tags, schema.offer_unlocks):
-                connection.execute(sa.delete(side).where(side.c.offer_id == parsed))
-            deleted = connection.execute(sa.delete(self._table).where(self._table.c.id == parsed))
-            return bool(deleted.rowcount)
+                connection.execute(sa.delete(side).where(side.c.offer_pk == pk))
+            connection.execute(sa.delete(table).where(table.c.pk == pk))
+            return True
 
     def find_by_key(self, key: str) -> Offer | None:
         with self._store.connect(f"reading offer {key!r}") as connection:
@@ -215,9 +218,9 @@ class SqlOfferDao(_SqlReader[Offer], OfferDao):
         unlocks = schema.offer_unlocks
         tags = schema.offer_tags
         conditions: list[Any] = [
-            ~sa.exists().where(unlocks.c.offer_id == offers.c.id),
+            ~sa.exists().where(unlocks.c.offer_pk == offers.c.pk),
             *(
-                sa.exists().where(tags.c.offer_id == offers.c.id, tags.c.tag == tag)
+                sa.exists().where(tags.c.offer_pk == offers.c.pk, tags.c.tag == tag)
                 for tag in dict.fromkeys(env_tags or ())
             ),
         ]
@@ -228,8 +231,8 @@ class SqlOfferDao(_SqlReader[Offer], OfferDao):
         if not groups:
             return []
         unlocks = schema.offer_unlocks
-        unlocked = sa.select(unlocks.c.offer_id).where(unlocks.c.offer_group.in_(groups))
-        return self._select(None, None, self._table.c.id.in_(unlocked))
+        unlocked = sa.select(unlocks.c.offer_pk).where(unlocks.c.offer_group.in_(groups))
+        return self._select(None, None, self._table.c.pk.in_(unlocked))
 
 
 class SqlOrderDao(_SqlReader[Order], OrderDao):
@@ -243,7 +246,7 @@ class SqlOrderDao(_SqlReader[Order], OrderDao):
         values = self._codec.values(entity)
         try:
             with self._store.connect("creating an order") as connection:
-                return self._insert_returning(connection, values)
+                return self._codec.decode(self._insert_returning(connection, values))
         except DuplicateEntityError as e:
             if entity.parent_id is not None:
                 raise DuplicateEntityError(
@@ -276,13 +279,13 @@ class SqlOrderDao(_SqlReader[Order], OrderDao):
             entry = None
         values = self._codec.changes(changes)
         statuses = [Status(s).value for s in from_statuses]
-        parsed = parse_id(order_id)
-        if parsed is None:
+        key = encode_ref(order_id)
+        if key is None:
             raise EntityNotFoundError(f"no order with id {order_id!r}")
         table = self._table
         if entry is not None:
             values["history"] = self._appended(entry)
-        where = (table.c.id == parsed, table.c.status.in_(statuses))
+        where = (table.c.id == key, table.c.status.in_(statuses))
         with self._store.connect(f"changing order {order_id!r}") as connection:
             if values:
                 statement: Any = sa.update(table).where(*where).values(**values)
@@ -290,7 +293,7 @@ class SqlOrderDao(_SqlReader[Order], OrderDao):
             else:
                 row = connection.execute(sa.select(table).where(*where)).first()
             if row is None:
-                exists = connection.execute(sa.select(table.c.id).where(table.c.id == parsed))
+                exists = connection.execute(sa.select(table.c.pk).where(table.c.id == key))
                 if exists.first() is None:
                     raise EntityNotFoundError(f"no order with id {order_id!r}")
                 return None
@@ -301,7 +304,7 @@ class SqlOrderDao(_SqlReader[Order], OrderDao):
         statement = (
             sa.select(table)
             .where(table.c.payment_intent_id == payment_intent_id)
-            .order_by(table.c.id.desc())
+            .order_by(table.c.pk.desc())
             .limit(1)
         )
         with self._store.connect(f"finding the order of intent {payment_intent_id!r}") as conn:
@@ -325,7 +328,7 @@ class SqlOrderDao(_SqlReader[Order], OrderDao):
         except NoMatch:
             return []
         statement = sa.select(table).where(user, *conditions)
-        statement = statement.order_by(*(order_by or ()), table.c.id)
+        statement = statement.order_by(*(order_by or ()), table.c.pk)
         with self._store.connect(f"finding the orders of user {user_id!r}") as connection:
             return self._decode_all(connection.execute(statement).all())
 
@@ -366,7 +369,7 @@ class SqlTokenTimetableDao(_SqlReader[TokenTimetable], TokenTimetableDao):
         values = self._codec.values(entity)
         try:
             with self._store.connect("appending a ledger line") as connection:
-                return self._insert_returning(connection, values)
+                return self._codec.decode(self._insert_returning(connection, values))
         except DuplicateEntityError as e:
             raise DuplicateEntityError(
                 f"line {entity.seq} of account {entity.offer_group!r} of user "
@@ -431,19 +434,12 @@ class SqlTokenTimetableDao(_SqlReader[TokenTimetable], TokenTimetableDao):
         if offer_group is not None:
             conditions.append(table.c.offer_group == offer_group)
         if before is not None:
-            cursor = parse_id(before)
-            if cursor is None:
-                return []
             mark = table.alias("mark")
-            conditions.append(table.c.id < cursor)
-            conditions.append(
-                sa.exists().where(
-                    mark.c.id == cursor,
-                    mark.c.user_type == table.c.user_type,
-                    mark.c.user_id == table.c.user_id,
-                )
+            cursor = sa.select(mark.c.pk).where(
+                mark.c.id == encode_ref(before), user_matches(mark, user_id)
             )
-        statement = sa.select(table).where(*conditions).order_by(table.c.id.desc()).limit(limit)
+            conditions.append(table.c.pk < cursor.scalar_subquery())
+        statement = sa.select(table).where(*conditions).order_by(table.c.pk.desc()).limit(limit)
         with self._store.connect(f"reading the history of user {user_id!r}") as connection:
             return self._decode_all(connection.execute(statement).all())
 
@@ -466,22 +462,22 @@ class SqlUserCreditsDao(UserCreditsDao):
     def __init__(self, store: SqlStore):
         self._store = store
 
-    def _user_id(self, connection: Connection, user: tuple[str, str]) -> int | None:
+    def _user_id(self, connection: Connection, user: tuple[str, str]) -> str | None:
         users = schema.users
-        found = connection.execute(
+        found: str | None = connection.execute(
             sa.select(users.c.id).where(users.c.user_type == user[0], users.c.user_id == user[1])
         ).scalar()
-        return None if found is None else int(found)
+        return found
 
-    def _insert_user(self, connection: Connection, user: tuple[str, str]) -> int | None:
+    def _insert_user(self, connection: Connection, user: tuple[str, str]) -> str | None:
         statement = (
             _insert(self._store, schema.users)
-            .values(user_type=user[0], user_id=user[1])
+            .values(id=new_id(), user_type=user[0], user_id=user[1])
             .on_conflict_do_nothing(index_elements=["user_type", "user_id"])
             .returning(schema.users.c.id)
         )
-        found = connection.execute(statement).scalar()
-        return None if found is None else int(found)
+        found: str | None = connection.execute(statement).scalar()
+        return found
 
     def register(self, user_id: UserId) -> EntityId:
         user = encode_user(user_id)
@@ -507,9 +503,9 @@ class SqlUserCreditsDao(UserCreditsDao):
         last = 0
         while True:
             statement = (
-                sa.select(users.c.id, users.c.user_type, users.c.user_id)
-                .where(users.c.id > last)
-                .order_by(users.c.id)
+                sa.select(users.c.pk, users.c.user_type, users.c.user_id)
+                .where(users.c.pk > last)
+                .order_by(users.c.pk)
                 .limit(size)
             )
             with self._store.connect("listing users") as connection:
@@ -518,7 +514,7 @@ class SqlUserCreditsDao(UserCreditsDao):
                 yield decode_user(row.user_type, row.user_id)
             if len(rows) < size:
                 return
-            last = rows[-1].id
+            last = rows[-1].pk
 
     def _select_account(self, user_id: UserId, offer_group: str) -> Any:
         table = schema.accounts
@@ -567,7 +563,7 @@ class SqlUserCreditsDao(UserCreditsDao):
             user = user_matches(table, user_id)
         except NoMatch:
             return []
-        statement = sa.select(table).where(user).order_by(table.c.id)
+        statement = sa.select(table).where(user).order_by(table.c.pk)
         with self._store.connect(f"reading the accounts of {user_id!r}") as connection:
             return [_account(row) for row in connection.execute(statement).all()]
 

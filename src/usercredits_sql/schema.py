@@ -13,9 +13,11 @@ storage contract relies on are constraints of the database:
 
 A user id is stored as a type tag (``user_type``: ``str``, ``int`` or ``uuid``) next to its
 text form (``user_id``), so that ``1`` and ``"1"`` are different users. Entity ids are
-64-bit integers; a column holding the id of another entity (``offer_id``, ``order_id``,
-``parent_id``) stores its text form. Money is exact (``NUMERIC`` on PostgreSQL, the
-decimal's text on SQLite), datetimes are stored in UTC and read back timezone-aware.
+UUID hex strings (``id``), unique across every kind of entity; each table also has an
+integer primary key (``pk``) numbering its rows in creation order. A column holding the id
+of another entity (``offer_id``, ``order_id``, ``parent_id``) stores its text. Money is
+exact (``NUMERIC`` on PostgreSQL, the decimal's text on SQLite), datetimes are stored in UTC
+and read back timezone-aware.
 Lists of values and nested records (tags, bundle items, an order's history, an account's
 snapshot and window) are JSON text.
 """
@@ -85,12 +87,15 @@ class Money(sa.types.TypeDecorator[Decimal]):
         return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
-Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-"""A 64-bit id column; an ``INTEGER`` on SQLite, where only that type autoincrements."""
+Key = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+"""A 64-bit primary key; an ``INTEGER`` on SQLite, where only that type autoincrements."""
 
 
-def _id_column() -> sa.Column[int]:
-    return sa.Column("id", Id, primary_key=True, autoincrement=True)
+def _id_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("pk", Key, primary_key=True, autoincrement=True),
+        sa.Column("id", sa.Text, nullable=False, unique=True),
+    ]
 
 
 def _user_columns() -> list[sa.Column[str]]:
@@ -103,7 +108,7 @@ def _user_columns() -> list[sa.Column[str]]:
 offers = sa.Table(
     "usercredits_offers",
     metadata,
-    _id_column(),
+    *_id_columns(),
     sa.Column("key", sa.Text, nullable=True),
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("kind", sa.String(32), nullable=False),
@@ -132,7 +137,7 @@ offer_tags = sa.Table(
     "usercredits_offer_tags",
     metadata,
     sa.Column(
-        "offer_id", Id, sa.ForeignKey(offers.c.id, ondelete="CASCADE"), primary_key=True
+        "offer_pk", Key, sa.ForeignKey(offers.c.pk, ondelete="CASCADE"), primary_key=True
     ),
     sa.Column("tag", sa.Text, primary_key=True),
 )
@@ -142,7 +147,7 @@ offer_unlocks = sa.Table(
     "usercredits_offer_unlocks",
     metadata,
     sa.Column(
-        "offer_id", Id, sa.ForeignKey(offers.c.id, ondelete="CASCADE"), primary_key=True
+        "offer_pk", Key, sa.ForeignKey(offers.c.pk, ondelete="CASCADE"), primary_key=True
     ),
     sa.Column("offer_group", sa.Text, primary_key=True),
     sa.Index(None, "offer_group"),
@@ -152,7 +157,7 @@ offer_unlocks = sa.Table(
 orders = sa.Table(
     "usercredits_orders",
     metadata,
-    _id_column(),
+    *_id_columns(),
     *_user_columns(),
     sa.Column("offer_id", sa.Text, nullable=True),
     sa.Column("offer_group", sa.Text, nullable=False),
@@ -177,10 +182,12 @@ orders = sa.Table(
     sa.Column("offer_name", sa.Text, nullable=False),
     sa.Column("append_date", sa.Boolean, nullable=False),
     sa.Column("priority", sa.BigInteger, nullable=False),
+    sa.Column("exclusive", sa.Boolean, nullable=False),
     sa.Column("in_progress", sa.Boolean, nullable=False),
     sqlite_autoincrement=True,
 )
-"""Orders; ``combined_items`` and ``history`` are JSON lists."""
+"""Orders; ``combined_items`` and ``history`` are JSON lists. A user holds at most one paid
+``exclusive`` order per offer (a partial unique index)."""
 
 CHILD_INDEX = sa.func.coalesce(orders.c.item_index, 0)
 """The position of a child order's item in its bundle (an unset one counts as 0)."""
@@ -188,6 +195,16 @@ CHILD_INDEX = sa.func.coalesce(orders.c.item_index, 0)
 sa.Index("ix_usercredits_orders_user", orders.c.user_type, orders.c.user_id, orders.c.status)
 sa.Index("ix_usercredits_orders_payment_intent_id", orders.c.payment_intent_id)
 sa.Index("uq_usercredits_orders_child", orders.c.parent_id, CHILD_INDEX, unique=True)
+PAID_EXCLUSIVE = sa.and_(orders.c.exclusive, orders.c.status == "paid")
+sa.Index(
+    "uq_usercredits_orders_paid_exclusive",
+    orders.c.user_type,
+    orders.c.user_id,
+    orders.c.offer_id,
+    unique=True,
+    sqlite_where=PAID_EXCLUSIVE,
+    postgresql_where=PAID_EXCLUSIVE,
+)
 sa.Index(
     "ix_usercredits_orders_in_progress",
     orders.c.user_type,
@@ -199,7 +216,7 @@ sa.Index(
 ledger = sa.Table(
     "usercredits_ledger",
     metadata,
-    _id_column(),
+    *_id_columns(),
     *_user_columns(),
     sa.Column("offer_group", sa.Text, nullable=False),
     sa.Column("seq", sa.BigInteger, nullable=False),
@@ -213,6 +230,8 @@ ledger = sa.Table(
     sa.Column("priority", sa.BigInteger, nullable=True),
     sa.Column("operation_key", sa.Text, nullable=True),
     sa.Column("note", sa.Text, nullable=True),
+    sa.Column("hold_id", sa.Text, nullable=True),
+    sa.Column("held", sa.BigInteger, nullable=False),
     sa.UniqueConstraint("user_type", "user_id", "offer_group", "seq"),
     sa.CheckConstraint("seq >= 1", name="seq_positive"),
     sqlite_autoincrement=True,
@@ -237,12 +256,12 @@ sa.Index(
     sqlite_where=ledger.c.operation_key.is_not(None),
     postgresql_where=ledger.c.operation_key.is_not(None),
 )
-sa.Index("ix_usercredits_ledger_user", ledger.c.user_type, ledger.c.user_id, ledger.c.id)
+sa.Index("ix_usercredits_ledger_user", ledger.c.user_type, ledger.c.user_id, ledger.c.pk)
 
 users = sa.Table(
     "usercredits_users",
     metadata,
-    _id_column(),
+    *_id_columns(),
     *_user_columns(),
     sa.UniqueConstraint("user_type", "user_id"),
     sqlite_autoincrement=True,
@@ -252,7 +271,7 @@ users = sa.Table(
 accounts = sa.Table(
     "usercredits_accounts",
     metadata,
-    _id_column(),
+    sa.Column("pk", Key, primary_key=True, autoincrement=True),
     *_user_columns(),
     sa.Column("offer_group", sa.Text, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),

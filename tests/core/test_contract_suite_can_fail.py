@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import copy
-import dataclasses
 import textwrap
 import uuid
 from collections.abc import Callable, Collection, Mapping
@@ -68,7 +67,7 @@ class OverwritingUserCreditsDao(InMemoryUserCreditsDao):
             if current is None:
                 return False
             accounts = self._accounts[_user_key(user_id)]
-            accounts[offer_group] = dataclasses.replace(current, snapshot=snapshot)
+            accounts[offer_group] = current._replace(snapshot=snapshot)
             return True
 
 
@@ -114,6 +113,13 @@ class ChildBlindOrderDao(InMemoryOrderDao):
         with self._lock:
             self._children.pop((str(entity.parent_id), entity.item_index or 0), None)
             return super().create(entity)
+
+
+class ExclusiveBlindOrderDao(InMemoryOrderDao):
+    """Lets a user hold any number of paid exclusive orders of one offer."""
+
+    def _check_slot(self, order: Order) -> None:
+        pass
 
 
 class WriteThenCheckOfferDao(InMemoryOfferDao):
@@ -185,6 +191,10 @@ def status_blind_backend() -> InMemoryDaoFactory:
 
 def child_blind_backend() -> InMemoryDaoFactory:
     return _backend_with(ChildBlindOrderDao)
+
+
+def exclusive_blind_backend() -> InMemoryDaoFactory:
+    return _backend_with(ExclusiveBlindOrderDao)
 
 
 def write_then_check_backend() -> InMemoryDaoFactory:
@@ -279,6 +289,17 @@ def _run_contract(
                 "test_racing_creates_of_one_child_order_store_one",
             },
             id="child-orders-not-unique-per-item",
+        ),
+        pytest.param(
+            "OrderDaoContract",
+            exclusive_blind_backend,
+            {
+                "test_a_second_paid_exclusive_order_of_an_offer_is_refused_and_stores_nothing",
+                "test_a_transition_to_paid_of_a_second_exclusive_order_is_refused_and_changes_nothing",
+                "test_racing_creates_of_paid_exclusive_orders_of_an_offer_store_one",
+                "test_racing_transitions_to_paid_of_exclusive_orders_of_an_offer_succeed_once",
+            },
+            id="several-paid-exclusive-orders-of-one-offer",
         ),
         pytest.param(
             "OfferDaoContract",

@@ -77,7 +77,9 @@ def _run_suite(pytester: pytest.Pytester, backend: str, faulty: str | None) -> s
     """Run the fault-injection suite on a backend; the scenarios that failed."""
     imports = backend if faulty is None else f"{backend}, {faulty}"
     override = (
-        "" if faulty is None else f"\n    def faulty(self, factory):\n        return {faulty}(factory)\n"
+        ""
+        if faulty is None
+        else f"\n    def faulty(self, factory):\n        return {faulty}(factory)\n"
     )
     pytester.makepyfile(
         test_backend=textwrap.dedent(

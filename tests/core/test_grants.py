@@ -173,9 +173,7 @@ def test_a_void_line_takes_from_the_grant_it_names() -> None:
 
 
 def test_an_expiry_of_what_a_grant_still_holds_leaves_the_others_untouched() -> None:
-    snapshot = fold(
-        granted("a", 10, SOON), granted("b", 10, LATER), used(4), taken("a", 6)
-    )
+    snapshot = fold(granted("a", 10, SOON), granted("b", 10, LATER), used(4), taken("a", 6))
     assert (holding(snapshot), snapshot.debt, snapshot.balance) == ({"b": 10}, 0, 10)
 
 
@@ -275,9 +273,9 @@ def test_a_grant_without_a_priority_has_the_default_priority() -> None:
     assert grant.priority == 50
 
 
-def test_a_positive_line_without_a_grant_id_makes_a_grant_named_after_its_line() -> None:
-    snapshot = fold(used(1), adjusted(5))
-    assert holding(snapshot) == {"line-2": 4}
+def test_a_positive_line_without_a_grant_id_makes_a_grant_named_by_the_line_id() -> None:
+    snapshot = fold(used(1), dataclasses.replace(adjusted(5), id="65a0f00d"))
+    assert holding(snapshot) == {"65a0f00d": 4}
 
 
 def test_a_positive_adjustment_is_drawn_like_any_never_expiring_grant() -> None:

@@ -1,16 +1,18 @@
 """Property tests of the grant model (SPEC §4), on the in-memory backend and on ``replay``.
 
-Random interleavings of purchases (every kind of cycle, free or paid by hand),
-consumptions (both calls, with and without idempotency keys), clock moves and
-expiry checks are played against the service and against ``GrantModel``, a
-deliberately plain model of the rules written for this test. After every step:
-the balance is the sum of the ledger lines and the model's balance; every live
-grant holds what the model says; an expiry removes exactly what its grant still
-held (never more); the balance is the live remainders minus the debt.
+Random interleavings of purchases (every kind of cycle, free or paid by hand, of
+several priorities), consumptions (both calls, with and without idempotency
+keys), clock moves and expiry checks are played against the service and against
+``GrantModel``, a deliberately plain model of the rules written for this test.
+After every step: the balance is the sum of the ledger lines and the model's
+balance; every live grant holds what the model says; an expiry removes exactly
+what its grant still held (never more); the balance is the live remainders minus
+the debt; the account's stored snapshot is the fold of its lines.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,17 +37,19 @@ from usercredits import (
     Status,
     TokenTimetable,
 )
-from usercredits.grants import replay
+from usercredits.grants import LiveGrant, Snapshot, replay
 
 START = datetime(2025, 1, 31, 12, 0, tzinfo=UTC)
 NEVER = datetime.max.replace(tzinfo=UTC)
 USER, GROUP = "alice", "g"
 CYCLES = [Cycle.ONCE, Cycle.DAILY, Cycle.WEEKLY, Cycle.MONTHLY, Cycle.CUSTOM]
+PRIORITIES = [10, 50, 90]
 
 
 @dataclass
 class ModelGrant:
-    order_id: str
+    grant_id: str
+    priority: int
     expires: datetime | None
     seq: int
     held: int
@@ -63,22 +67,34 @@ class GrantModel:
     def balance(self) -> int:
         return sum(g.held for g in self.grants) - self.debt
 
-    def grant(self, order_id: str, tokens: int, expires: datetime | None) -> None:
+    def holding(self) -> dict[str, int]:
+        return {g.grant_id: g.held for g in self.grants if g.held}
+
+    def grant(self, grant_id: str, tokens: int, priority: int, expires: datetime | None) -> None:
         repaid = min(self.debt, tokens)
         self.debt -= repaid
-        self.grants.append(ModelGrant(order_id, expires, next(self.seq), tokens - repaid))
+        self.grants.append(ModelGrant(grant_id, priority, expires, next(self.seq), tokens - repaid))
 
     def consume(self, count: int) -> None:
-        for grant in sorted(self.grants, key=lambda g: (g.expires or NEVER, g.seq)):
+        burn_order = sorted(self.grants, key=lambda g: (g.priority, g.expires or NEVER, g.seq))
+        for grant in burn_order:
             taken = min(grant.held, count)
             grant.held -= taken
             count -= taken
         self.debt += count
 
+    def take(self, grant_id: str | None, count: int) -> None:
+        for grant in self.grants:
+            if grant.grant_id == grant_id:
+                taken = min(grant.held, count)
+                grant.held -= taken
+                count -= taken
+        self.consume(count)
+
     def expire(self, now: datetime) -> dict[str, int]:
         due = [g for g in self.grants if g.expires is not None and g.expires <= now]
         self.grants = [g for g in self.grants if g not in due]
-        return {g.order_id: g.held for g in due}
+        return {g.grant_id: g.held for g in due}
 
 
 buys = st.tuples(
@@ -88,6 +104,7 @@ buys = st.tuples(
     st.integers(1, 3),
     st.booleans(),
     st.booleans(),
+    st.sampled_from(PRIORITIES),
 )
 uses = st.tuples(
     st.just("use"),
@@ -109,12 +126,24 @@ class Run:
         self.factory = InMemoryDaoFactory()
         self.service = PaymentService(self.factory, self.manual, clock=self.clock)
         self.model = GrantModel()
-        self.keys: dict[str, tuple[int, Any]] = {}
+        self.keys: dict[str, tuple[int, str]] = {}
 
     def ledger(self) -> list[TokenTimetable]:
-        return self.factory.get_token_timetable_dao().find_group(USER, GROUP)
+        return self.factory.get_token_timetable_dao().lines_after(USER, GROUP, 0)
 
-    def buy(self, cycle: Cycle, tokens: int, quantity: int, free: bool, append: bool) -> None:
+    def play(self, step: tuple[Any, ...]) -> None:
+        if step[0] == "buy":
+            self.buy(*step[1:])
+        elif step[0] == "use":
+            self.use(*step[1:])
+        elif step[0] == "wait":
+            self.clock.advance(hours=step[1])
+        else:
+            self.expire()
+
+    def buy(
+        self, cycle: Cycle, tokens: int, quantity: int, free: bool, append: bool, priority: int
+    ) -> None:
         offer = self.factory.get_offer_dao().create(
             Offer(
                 name=f"{cycle}-{tokens}",
@@ -125,6 +154,7 @@ class Run:
                 price=Decimal(0 if free else 5),
                 token_count=tokens,
                 append_date=append,
+                priority=priority,
             )
         )
         order = self.service.create_order(offer.id, USER, quantity)
@@ -134,7 +164,7 @@ class Run:
         paid = self.factory.get_order_dao().find_by_id(order.id)
         assert paid is not None
         assert paid.status is Status.PAID
-        self.model.grant(str(paid.id), tokens * quantity, paid.expires)
+        self.model.grant(str(paid.id), tokens * quantity, priority, paid.expires)
 
     def use(self, count: int, call: str, key: str | None) -> None:
         consume = getattr(self.service, call)
@@ -157,42 +187,36 @@ class Run:
 
     def expire(self) -> None:
         expected = self.model.expire(self.service.now())
+        recorded = len(self.ledger())
         report = self.service.check_for_expired_orders(USER)
         assert sorted(str(o.id) for o in report.expired_orders) == sorted(expected)
         assert report.removed_tokens.get(GROUP, 0) == sum(expected.values())
-        removed = {
-            str(line.order_id): -line.tokens
-            for line in self.ledger()
-            if line.reason is LedgerReason.EXPIRY and str(line.order_id) in expected
-        }
-        assert removed == {order: held for order, held in expected.items() if held > 0}
+        written = self.ledger()[recorded:]
+        assert all(line.reason is LedgerReason.EXPIRY for line in written)
+        removed = {str(line.grant_id): -line.tokens for line in written}
+        assert len(removed) == len(written)
+        assert removed == {grant: held for grant, held in expected.items() if held > 0}
 
     def check(self) -> None:
         lines = self.ledger()
+        assert [line.seq for line in lines] == list(range(1, len(lines) + 1))
         balance = self.service.remaining_tokens(USER, GROUP)
         assert balance == sum(line.tokens for line in lines) == self.model.balance
-        state = replay(lines)
-        # A grant expired with nothing left writes no line: replay still lists it, holding 0.
-        holding = {order: held for order, held in state.grants.items() if held}
-        assert holding == {g.order_id: g.held for g in self.model.grants if g.held}
-        assert state.debt == self.model.debt
-        assert state.unattributed == 0
-        assert balance == sum(state.grants.values()) - state.debt
+        snapshot = replay(lines)
+        assert {g.grant_id: g.remaining for g in snapshot.grants} == self.model.holding()
+        assert snapshot.debt == self.model.debt
+        assert balance == sum(g.remaining for g in snapshot.grants) - snapshot.debt
+        account = self.factory.get_user_credits_dao().get_account(USER, GROUP)
+        assert (account.snapshot if account is not None else Snapshot()) == snapshot
+        assert self.service.audit(USER).ok
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(steps)
 def test_the_service_follows_the_grant_model(history: list[tuple[Any, ...]]) -> None:
     run = Run()
     for step in history:
-        if step[0] == "buy":
-            run.buy(*step[1:])
-        elif step[0] == "use":
-            run.use(*step[1:])
-        elif step[0] == "wait":
-            run.clock.advance(hours=step[1])
-        else:
-            run.expire()
+        run.play(step)
         run.check()
 
 
@@ -203,12 +227,8 @@ def test_a_second_expiry_check_at_the_same_time_changes_nothing(
 ) -> None:
     run = Run()
     for step in history:
-        if step[0] == "buy":
-            run.buy(*step[1:])
-        elif step[0] == "use":
-            run.use(*step[1:])
-        elif step[0] == "wait":
-            run.clock.advance(hours=step[1])
+        if step[0] != "expire":
+            run.play(step)
     run.service.check_for_expired_orders(USER)
     lines = run.ledger()
     again = run.service.check_for_expired_orders(USER)
@@ -216,69 +236,128 @@ def test_a_second_expiry_check_at_the_same_time_changes_nothing(
     assert run.ledger() == lines
 
 
-# -- replay on arbitrary ledgers -------------------------------------------------------
+# -- replay on arbitrary ledgers -------------------------------------------------------------
 
-ORDERS = ["o1", "o2", "o3", "o4"]
+GRANT_IDS = [f"g{n}" for n in range(1, 11)]
 EXPIRIES = [None, START, START + timedelta(days=1), START + timedelta(days=30)]
 
-purchase_lines = st.builds(
-    lambda order, tokens, expires: TokenTimetable(
-        offer_group=GROUP,
-        tokens=tokens,
-        order_id=order,
-        reason=LedgerReason.PURCHASE,
-        expires=expires,
+grant_lines = st.builds(
+    lambda tokens, reason, priority, expires: TokenTimetable(
+        offer_group=GROUP, tokens=tokens, reason=reason, priority=priority, expires=expires
     ),
-    st.sampled_from(ORDERS),
-    st.integers(0, 50),
+    st.integers(1, 50),
+    st.sampled_from([LedgerReason.PURCHASE, LedgerReason.GRANT, LedgerReason.ADJUSTMENT]),
+    st.none() | st.sampled_from(PRIORITIES),
     st.sampled_from(EXPIRIES),
 )
-ending_lines = st.builds(
-    lambda order, tokens, reason: TokenTimetable(
-        offer_group=GROUP, tokens=-tokens, order_id=order, reason=reason
+taking_lines = st.builds(
+    lambda grant_id, tokens, reason: TokenTimetable(
+        offer_group=GROUP, tokens=-tokens, grant_id=grant_id, reason=reason
     ),
-    st.none() | st.sampled_from(ORDERS),
+    st.none() | st.sampled_from(GRANT_IDS),
     st.integers(0, 60),
-    st.sampled_from([LedgerReason.EXPIRY, LedgerReason.REFUND]),
+    st.sampled_from([LedgerReason.EXPIRY, LedgerReason.REFUND, LedgerReason.VOID]),
 )
-other_lines = st.builds(
+drawing_lines = st.builds(
     lambda tokens, reason: TokenTimetable(offer_group=GROUP, tokens=tokens, reason=reason),
-    st.integers(-60, 60),
+    st.integers(-60, 0),
     st.sampled_from([LedgerReason.CONSUMPTION, LedgerReason.ADJUSTMENT]),
 )
-any_lines = st.lists(st.one_of(purchase_lines, ending_lines, other_lines), max_size=40)
 
 
-@settings(max_examples=300, deadline=None)
-@given(any_lines)
+def well_formed(drafts: list[TokenTimetable]) -> list[TokenTimetable]:
+    """The lines numbered 1, 2, 3..., each with an id, and each positive line making a grant
+    of its own id (of the line's id once ``GRANT_IDS`` are used up)."""
+    made = iter(GRANT_IDS)
+    lines = []
+    for seq, draft in enumerate(drafts, start=1):
+        grant_id = next(made, None) if draft.tokens > 0 else draft.grant_id
+        lines.append(dataclasses.replace(draft, id=f"line-{seq}", seq=seq, grant_id=grant_id))
+    return lines
+
+
+ledgers = st.lists(st.one_of(grant_lines, taking_lines, drawing_lines), max_size=40).map(
+    well_formed
+)
+
+
+def plain_fold(lines: list[TokenTimetable]) -> GrantModel:
+    model = GrantModel()
+    for line in lines:
+        if line.tokens > 0:
+            grant_id = line.grant_id or str(line.id)
+            priority = 50 if line.priority is None else line.priority
+            model.grant(grant_id, line.tokens, priority, line.expires)
+        elif line.reason in (LedgerReason.EXPIRY, LedgerReason.REFUND, LedgerReason.VOID):
+            model.take(line.grant_id, -line.tokens)
+        else:
+            model.consume(-line.tokens)
+    return model
+
+
+@settings(max_examples=150, deadline=None)
+@given(ledgers)
 def test_replay_of_any_ledger_adds_up_to_the_sum_of_its_lines(lines: list[TokenTimetable]) -> None:
-    state = replay(lines)
-    assert state.balance == sum(line.tokens for line in lines)
-    assert state.balance == sum(state.grants.values()) + state.unattributed - state.debt
+    snapshot = replay(lines)
+    assert snapshot.balance == sum(line.tokens for line in lines)
+    assert snapshot.balance == sum(g.remaining for g in snapshot.grants) - snapshot.debt
+    assert snapshot.seq == len(lines)
 
 
-@settings(max_examples=300, deadline=None)
-@given(any_lines)
+@settings(max_examples=150, deadline=None)
+@given(ledgers)
 def test_replay_never_holds_negative_amounts_nor_debt_beside_held_tokens(
     lines: list[TokenTimetable],
 ) -> None:
-    state = replay(lines)
-    assert all(held >= 0 for held in state.grants.values())
-    assert state.unattributed >= 0
-    assert state.debt >= 0
-    if state.debt > 0:
-        assert sum(state.grants.values()) + state.unattributed == 0
+    snapshot = replay(lines)
+    assert all(0 < g.remaining <= g.tokens for g in snapshot.grants)
+    assert snapshot.debt >= 0
+    if snapshot.debt > 0:
+        assert snapshot.grants == ()
 
 
-@settings(max_examples=300, deadline=None)
-@given(any_lines)
-def test_replay_ends_every_grant_named_by_an_expiry_or_refund_line(
-    lines: list[TokenTimetable],
+@settings(max_examples=150, deadline=None)
+@given(ledgers)
+def test_replay_agrees_with_the_plain_model_of_the_rules(lines: list[TokenTimetable]) -> None:
+    snapshot = replay(lines)
+    model = plain_fold(lines)
+    assert {g.grant_id: g.remaining for g in snapshot.grants} == model.holding()
+    assert snapshot.debt == model.debt
+
+
+@settings(max_examples=150, deadline=None)
+@given(ledgers)
+def test_replay_lists_the_live_grants_in_burn_order(lines: list[TokenTimetable]) -> None:
+    grants = list(replay(lines).grants)
+    assert grants == sorted(grants, key=LiveGrant.burn_key)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ledgers, st.data())
+def test_taking_a_grants_remainder_removes_that_grant_and_nothing_else(
+    lines: list[TokenTimetable], data: st.DataObject
 ) -> None:
-    state = replay(lines)
-    named = {
-        str(x.order_id)
-        for x in lines
-        if x.reason in (LedgerReason.EXPIRY, LedgerReason.REFUND) and x.order_id is not None
-    }
-    assert named <= state.ended
+    snapshot = replay(lines)
+    if not snapshot.grants:
+        return
+    grant = data.draw(st.sampled_from(snapshot.grants))
+    line = TokenTimetable(
+        offer_group=GROUP,
+        tokens=-snapshot.remainder(grant.grant_id),
+        reason=data.draw(st.sampled_from([LedgerReason.EXPIRY, LedgerReason.REFUND])),
+        grant_id=grant.grant_id,
+        seq=snapshot.seq + 1,
+    )
+    after = snapshot.apply(line)
+    assert after.grants == tuple(g for g in snapshot.grants if g is not grant)
+    assert (after.debt, after.balance) == (snapshot.debt, snapshot.balance - grant.remaining)
+
+
+@settings(max_examples=150, deadline=None)
+@given(ledgers, st.data())
+def test_folding_on_from_a_stored_snapshot_gives_the_replay_of_every_line(
+    lines: list[TokenTimetable], data: st.DataObject
+) -> None:
+    cut = data.draw(st.integers(0, len(lines)))
+    stored = Snapshot.from_data(replay(lines[:cut]).to_data())
+    assert stored.apply_all(lines[cut:]) == replay(lines)

@@ -269,7 +269,7 @@ def test_users_and_accounts_are_unique_per_user_and_group(factory: MongoDaoFacto
     assert unique["unique"] is True
 
 
-def test_orders_have_a_unique_child_per_bundle_item_and_an_index_per_query(
+def test_orders_have_their_unique_indexes_and_an_index_per_query(
     factory: MongoDaoFactory,
 ) -> None:
     indexes = factory.database["usercredits_orders"].index_information()
@@ -277,6 +277,10 @@ def test_orders_have_a_unique_child_per_bundle_item_and_an_index_per_query(
     assert [tuple(k) for k in child["key"]] == [("parent_id", 1), ("item_index", 1)]
     assert child["unique"] is True
     assert child["partialFilterExpression"] == {"parent_id": {"$exists": True}}
+    exclusive = indexes["order_user_offer_exclusive_paid_unique"]
+    assert [tuple(k) for k in exclusive["key"]] == [("user_id", 1), ("offer_id", 1)]
+    assert exclusive["unique"] is True
+    assert exclusive["partialFilterExpression"] == {"exclusive": True, "status": "paid"}
     assert indexes["order_user_in_progress"]["partialFilterExpression"] == {"in_progress": True}
     assert {
         "order_payment_intent",
@@ -662,6 +666,29 @@ def test_a_second_child_of_one_bundle_item_is_refused(factory: MongoDaoFactory) 
     with pytest.raises(DuplicateEntityError, match="item 0"):
         orders.create(Order(user_id="alice", parent_id=parent.id, item_index=0))
     assert orders.find({"parent_id": parent.id}) == [child]
+
+
+def test_a_second_paid_exclusive_order_of_an_offer_is_refused(factory: MongoDaoFactory) -> None:
+    orders = factory.get_order_dao()
+    offer_id = ObjectId()
+    paid = Order(user_id="alice", offer_id=offer_id, status=Status.PAID, exclusive=True)
+    first = orders.create(paid)
+    with pytest.raises(DuplicateEntityError, match="exclusive") as raised:
+        orders.create(paid)
+    assert isinstance(raised.value.__cause__, DuplicateKeyError)
+    orders.create(dataclasses.replace(paid, exclusive=False))
+    orders.create(dataclasses.replace(paid, user_id="bob"))
+    assert orders.find({"user_id": "alice", "exclusive": True}) == [first]
+
+
+def test_an_exclusive_order_cannot_become_the_second_paid_one(factory: MongoDaoFactory) -> None:
+    orders = factory.get_order_dao()
+    offer_id = ObjectId()
+    orders.create(Order(user_id="alice", offer_id=offer_id, status=Status.PAID, exclusive=True))
+    pending = orders.create(Order(user_id="alice", offer_id=offer_id, exclusive=True))
+    with pytest.raises(DuplicateEntityError, match="exclusive"):
+        orders.transition(pending.id, [Status.PENDING], {"status": Status.PAID})
+    assert orders.find_by_id(pending.id) == pending
 
 
 def test_a_value_bson_cannot_encode_raises_storage_error(factory: MongoDaoFactory) -> None:

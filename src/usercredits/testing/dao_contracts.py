@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import pytest
 
-from usercredits.dao import Account, DaoFactory, Reader
+from usercredits.dao import DaoFactory, Reader
 from usercredits.errors import DuplicateEntityError, EntityNotFoundError, InvalidOfferError
 from usercredits.grants import LiveGrant, Snapshot
 from usercredits.models import (
@@ -150,9 +150,13 @@ def _order(
     item_index: int | None = None,
     payment_intent_id: str | None = None,
     in_progress: bool = False,
+    offer_id: Any = None,
+    exclusive: bool = False,
 ) -> Order:
     return Order(
         user_id=user_id,
+        offer_id=offer_id,
+        exclusive=exclusive,
         offer_group=offer_group,
         status=status,
         total=Decimal("9.99"),
@@ -958,6 +962,108 @@ class OrderDaoContract(_ReaderContract[Order]):
         assert _ids(dao.find({"parent_id": parent.id})) == created
         assert _ids([dao.find_child(parent.id, 0)]) == created
 
+    def _free_offers(self, factory: DaoFactory) -> tuple[Offer, Offer]:
+        offers = factory.get_offer_dao()
+        return offers.create(_offer("trial", price="0")), offers.create(_offer("sample", price="0"))
+
+    def test_a_second_paid_exclusive_order_of_an_offer_is_refused_and_stores_nothing(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        trial, _ = self._free_offers(dao_factory)
+        dao = dao_factory.get_order_dao()
+        first = dao.create(_order(status=Status.PAID, offer_id=trial.id, exclusive=True))
+        second = _order(
+            status=Status.PAID, offer_id=trial.id, exclusive=True, payment_intent_id="pi_2"
+        )
+        with pytest.raises(DuplicateEntityError):
+            dao.create(second)
+        assert dao.find({}) == [first]
+        assert dao.find_by_payment_intent_id("pi_2") is None
+
+    def test_a_transition_to_paid_of_a_second_exclusive_order_is_refused_and_changes_nothing(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        trial, _ = self._free_offers(dao_factory)
+        dao = dao_factory.get_order_dao()
+        paid = dao.create(_order(status=Status.PAID, offer_id=trial.id, exclusive=True))
+        pending = dao.create(_order(offer_id=trial.id, exclusive=True))
+        entry = OrderStatus(date=T0, status=Status.PAID, message="Paid")
+        changes = {"status": Status.PAID, "in_progress": True}
+        with pytest.raises(DuplicateEntityError):
+            dao.transition(pending.id, [Status.PENDING], changes, entry)
+        assert dao.find({}) == [paid, pending]
+
+    def test_paid_exclusive_orders_of_other_offers_or_other_users_coexist(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        trial, sample = self._free_offers(dao_factory)
+        dao = dao_factory.get_order_dao()
+        orders = [
+            dao.create(_order(1, status=Status.PAID, offer_id=trial.id, exclusive=True)),
+            dao.create(_order(1, status=Status.PAID, offer_id=sample.id, exclusive=True)),
+            dao.create(_order("1", status=Status.PAID, offer_id=trial.id, exclusive=True)),
+        ]
+        assert dao.find({"exclusive": True}) == orders
+
+    def test_exclusive_orders_not_paid_and_paid_orders_not_exclusive_never_clash(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        trial, _ = self._free_offers(dao_factory)
+        dao = dao_factory.get_order_dao()
+        orders = [
+            dao.create(_order(status=Status.PAID, offer_id=trial.id, exclusive=True)),
+            dao.create(_order(status=Status.PENDING, offer_id=trial.id, exclusive=True)),
+            dao.create(_order(status=Status.EXPIRED, offer_id=trial.id, exclusive=True)),
+            dao.create(_order(status=Status.PAID, offer_id=trial.id)),
+            dao.create(_order(status=Status.PAID, offer_id=trial.id)),
+        ]
+        assert dao.find({"offer_id": trial.id}) == orders
+
+    def test_an_exclusive_order_no_longer_paid_frees_its_offer(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        trial, _ = self._free_offers(dao_factory)
+        dao = dao_factory.get_order_dao()
+        first = dao.create(_order(status=Status.PAID, offer_id=trial.id, exclusive=True))
+        dao.transition(first.id, [Status.PAID], {"status": Status.EXPIRED})
+        second = dao.create(_order(status=Status.PAID, offer_id=trial.id, exclusive=True))
+        assert dao.find_live("alice") == [second]
+
+    def test_racing_creates_of_paid_exclusive_orders_of_an_offer_store_one(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        trial, _ = self._free_offers(dao_factory)
+        dao = dao_factory.get_order_dao()
+
+        def create(worker: int) -> str | None:
+            order = _order(status=Status.PAID, offer_id=trial.id, exclusive=True)
+            try:
+                return str(dao.create(order).id)
+            except DuplicateEntityError:
+                return None
+
+        created = [order_id for order_id in _race(create) if order_id is not None]
+        assert len(created) == 1
+        assert _ids(dao.find({})) == created
+
+    def test_racing_transitions_to_paid_of_exclusive_orders_of_an_offer_succeed_once(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        trial, _ = self._free_offers(dao_factory)
+        dao = dao_factory.get_order_dao()
+        orders = [dao.create(_order(offer_id=trial.id, exclusive=True)) for _ in range(WORKERS)]
+
+        def pay(worker: int) -> str | None:
+            try:
+                paid = dao.transition(orders[worker].id, [Status.PENDING], {"status": Status.PAID})
+            except DuplicateEntityError:
+                return None
+            return None if paid is None else str(paid.id)
+
+        won = [order_id for order_id in _race(pay) if order_id is not None]
+        assert len(won) == 1
+        assert _ids(dao.find_live("alice")) == won
+
     def test_find_child_finds_the_child_order_of_an_item(self, dao_factory: DaoFactory) -> None:
         dao = dao_factory.get_order_dao()
         parent = dao.create(_order(status=Status.PAID))
@@ -1098,6 +1204,8 @@ class TokenTimetableDaoContract(_ReaderContract[TokenTimetable]):
             priority=10,
             operation_key=f"purchase:{order.id}",
             note="welcome",
+            hold_id="hold-1",
+            held=25,
         )
         created = dao.create(line)
         found = dao.find_by_id(created.id)
@@ -1576,10 +1684,10 @@ class UserCreditsDaoContract(BackendContract):
         opened = dao.open_account("alice", "pro", T0)
         widened = opened.window.widened(T0, T0 + DAY)
         assert dao.save_window("alice", "pro", opened.window.version, widened) is True
-        assert dao.get_account("alice", "pro") == _replace(opened, window=widened)
+        assert dao.get_account("alice", "pro") == opened._replace(window=widened)
         closed = widened.closed(0)
         assert dao.save_window("alice", "pro", widened.version, closed) is True
-        assert dao.get_account("alice", "pro") == _replace(opened, window=closed)
+        assert dao.get_account("alice", "pro") == opened._replace(window=closed)
 
     def test_save_window_refuses_a_stale_version(self, dao_factory: DaoFactory) -> None:
         dao = dao_factory.get_user_credits_dao()
@@ -1635,12 +1743,6 @@ class UserCreditsDaoContract(BackendContract):
         widened = opened.window.widened(T0, T0 + DAY)
         dao.save_window("alice", "pro", opened.window.version, widened)
         dao.save_snapshot("alice", "pro", _in_debt(1))
-        expected = Account(
-            user_id=opened.user_id,
-            offer_group=opened.offer_group,
-            created_at=opened.created_at,
-            snapshot=_in_debt(1),
-            window=widened,
-        )
+        expected = opened._replace(snapshot=_in_debt(1), window=widened)
         assert dao.get_account("alice", "pro") == expected
         assert [dao.get_account(a.user_id, a.offer_group) for a in others] == others

@@ -13,7 +13,6 @@ clients), keep their data small, and run their threads with bounded waits.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import threading
@@ -157,8 +156,10 @@ def children(service: PaymentService, order: Order) -> list[Order]:
 
 def ledger(service: PaymentService, user: UserId, group: str) -> list[TokenTimetable]:
     """The user's ledger lines of one group, in recording order."""
-    return service.get_dao_factory().get_token_timetable_dao().find(
-        {"user_id": user, "offer_group": group}
+    return (
+        service.get_dao_factory()
+        .get_token_timetable_dao()
+        .find({"user_id": user, "offer_group": group})
     )
 
 

@@ -8,41 +8,11 @@ key is unique per user on the ledger, so a retry finds the first line.
 
 from __future__ import annotations
 
-from typing import Any
-
-from usercredits.errors import (
-    IdempotencyConflictError,
-    InsufficientCreditsError,
-    InvalidInputError,
-)
+from usercredits.errors import IdempotencyConflictError, InsufficientCreditsError
 from usercredits.grants import Snapshot
 from usercredits.models import LedgerReason, TokenTimetable, UserId
+from usercredits.usecases.checks import check_count, check_group, check_key, check_user
 from usercredits.usecases.context import Context
-from usercredits.usecases.ordering import is_count
-
-
-def check_user(user_id: UserId) -> None:
-    """Refuse a missing user id."""
-    if user_id is None or (isinstance(user_id, str) and not user_id):
-        raise InvalidInputError(f"a user id is required, got {user_id!r}")
-
-
-def check_group(offer_group: Any) -> None:
-    """Refuse an offer group that is not a non-empty str."""
-    if not isinstance(offer_group, str) or not offer_group:
-        raise InvalidInputError(f"offer_group must be a non-empty str, got {offer_group!r}")
-
-
-def check_key(key: Any, what: str = "idempotency_key") -> None:
-    """Refuse a key that is neither None nor a non-empty str."""
-    if key is not None and (not isinstance(key, str) or not key):
-        raise InvalidInputError(f"{what} must be a non-empty str, got {key!r}")
-
-
-def check_count(count: Any) -> None:
-    """Refuse a count that is not a positive int."""
-    if not is_count(count):
-        raise InvalidInputError(f"count must be a positive int, got {count!r}")
 
 
 def _same(line: TokenTimetable, offer_group: str, count: int) -> TokenTimetable:
@@ -73,8 +43,9 @@ def consume(
     floor: int | None,
     idempotency_key: str | None,
 ) -> TokenTimetable:
-    """Record a consumption; with ``floor``, refuse one that would leave the balance below it
-    (InsufficientCreditsError, nothing written, the key not used up)."""
+    """Record a consumption; with ``floor``, refuse one that would leave the available tokens
+    (the balance minus active holds) below it (InsufficientCreditsError, nothing written, the
+    key not used up)."""
     check_user(user_id)
     check_count(count)
     check_group(offer_group)
@@ -83,18 +54,23 @@ def consume(
         tokens=-count, reason=LedgerReason.CONSUMPTION, idempotency_key=idempotency_key
     )
 
+    now = ctx.now()
+
     def decide(snapshot: Snapshot) -> TokenTimetable:
-        if floor is not None and snapshot.balance - count < floor:
-            raise InsufficientCreditsError(
-                f"user {user_id!r} has {snapshot.balance} tokens in {offer_group!r}; "
-                f"{count} requested",
-                balance=snapshot.balance,
-                requested=count,
-            )
+        if floor is not None:
+            available = snapshot.available(now) if snapshot.holds else snapshot.balance
+            if available - count < floor:
+                held = " available" if snapshot.holds else ""
+                raise InsufficientCreditsError(
+                    f"user {user_id!r} has {available} tokens{held} in {offer_group!r}; "
+                    f"{count} requested",
+                    balance=available,
+                    requested=count,
+                )
         return draft
 
     try:
-        appended = ctx.accounts.append(user_id, offer_group, decide, now=ctx.now())
+        appended = ctx.accounts.append(user_id, offer_group, decide, now=now)
     except InsufficientCreditsError:
         if idempotency_key is not None:
             first = ctx.lines.find_by_key(user_id, idempotency_key=idempotency_key)

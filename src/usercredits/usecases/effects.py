@@ -114,8 +114,14 @@ def _open_window(ctx: Context, order: Order, now: datetime) -> Order:
         _widen(ctx, order, order.offer_group, order.starts, order.expires, now)
         return order
     claim = _claim(
-        ctx, order, _claim_key(order), order.offer_group, order.cycle, order.custom_cycle,
-        order.quantity, now,
+        ctx,
+        order,
+        _claim_key(order),
+        order.offer_group,
+        order.cycle,
+        order.custom_cycle,
+        order.quantity,
+        now,
     )
     if claim is None:
         return order
@@ -166,8 +172,9 @@ def _claim(
         if taken[0] is not None or not _still_holding(ctx, order):
             return None
         starts = window.next_start(now)
-        taken[0] = Claim(key, starts, window_end(starts, cycle, custom_cycle, units))
-        return window.claimed(taken[0])
+        claim = Claim(key, starts, window_end(starts, cycle, custom_cycle, units))
+        taken[0] = claim
+        return window.claimed(claim)
 
     ctx.accounts.change_window(order.user_id, group, change, now=now)
     return taken[0]
@@ -248,7 +255,11 @@ def _take(
         if remainder <= 0:
             return None
         return TokenTimetable(
-            tokens=-remainder, order_id=order.id, reason=reason, grant_id=grant_id
+            tokens=-remainder,
+            order_id=order.id,
+            reason=reason,
+            grant_id=grant_id,
+            operation_key=f"{reason}:{grant_id}",
         )
 
     appended = ctx.accounts.append(order.user_id, order.offer_group, decide, now=now)
@@ -310,8 +321,14 @@ def _settle_item(
     if child is None:
         if item.append_date:
             claim = _claim(
-                ctx, order, key, item.offer_group, item.cycle or order.cycle, item.custom_cycle,
-                item.quantity, now,
+                ctx,
+                order,
+                key,
+                item.offer_group,
+                item.cycle or order.cycle,
+                item.custom_cycle,
+                item.quantity,
+                now,
             )
             starts, expires = (None, None) if claim is None else (claim.starts, claim.expires)
         else:

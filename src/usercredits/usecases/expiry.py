@@ -18,14 +18,15 @@ from usercredits.models import (
     ExpiryReport,
     ExpiryWarning,
     LedgerReason,
+    Order,
     OrderStatus,
     Status,
     TokenTimetable,
     UserId,
 )
-from usercredits.usecases.consumption import check_user
+from usercredits.usecases.checks import check_user
 from usercredits.usecases.context import Context
-from usercredits.usecases.effects import complete
+from usercredits.usecases.effects import Completion, complete
 from usercredits.usecases.views import activated_offer, is_open
 from usercredits.windows import Window
 
@@ -62,14 +63,8 @@ def check_for_expired_orders(
     for order in ctx.orders.find_in_progress(user_id):
         count(complete(ctx, order).lines)
     for order in ctx.orders.find_due(user_id, now):
-        expired = ctx.orders.transition(
-            order.id,
-            {Status.PAID},
-            {"status": Status.EXPIRED, "updated_at": now, "in_progress": True},
-            OrderStatus(date=now, status=Status.EXPIRED, message="Expired"),
-        )
-        if expired is not None:
-            done = complete(ctx, expired)
+        done = expire_order(ctx, order, now)
+        if done is not None:
             report.expired_orders.append(done.order)
             count(done.lines)
     accounts = ctx.accounts.read_all(user_id)
@@ -88,6 +83,17 @@ def check_for_expired_orders(
     return report
 
 
+def expire_order(ctx: Context, order: Order, now: datetime) -> Completion | None:
+    """Expire a paid order (once: None when it is no longer paid) and take its remainder."""
+    expired = ctx.orders.transition(
+        order.id,
+        {Status.PAID},
+        {"status": Status.EXPIRED, "updated_at": now, "in_progress": True},
+        OrderStatus(date=now, status=Status.EXPIRED, message="Expired"),
+    )
+    return None if expired is None else complete(ctx, expired)
+
+
 def _expire_direct_grants(ctx: Context, account: Account, now: datetime) -> list[TokenTimetable]:
     """Take what the account's due grants made without an order still hold."""
     lines = []
@@ -101,7 +107,10 @@ def _expire_direct_grants(ctx: Context, account: Account, now: datetime) -> list
             if remainder <= 0:
                 return None
             return TokenTimetable(
-                tokens=-remainder, reason=LedgerReason.EXPIRY, grant_id=grant_id
+                tokens=-remainder,
+                reason=LedgerReason.EXPIRY,
+                grant_id=grant_id,
+                operation_key=f"{LedgerReason.EXPIRY}:{grant_id}",
             )
 
         appended = ctx.accounts.append(account.user_id, account.offer_group, decide, now=now)

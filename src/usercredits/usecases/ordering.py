@@ -10,13 +10,15 @@ stored already paid and completed at once.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from usercredits.clock import to_utc
 from usercredits.errors import (
+    AlreadySubscribedError,
+    DuplicateEntityError,
     EntityNotFoundError,
     InvalidOrderError,
     InvalidPaymentError,
+    OfferNotAvailableError,
     PaymentErrorCode,
 )
 from usercredits.models import (
@@ -32,14 +34,12 @@ from usercredits.models import (
     is_storable_int,
 )
 from usercredits.periods import window_end
+from usercredits.usecases.checks import is_count
 from usercredits.usecases.context import Context
 from usercredits.usecases.effects import complete
+from usercredits.usecases.expiry import expire_order
 from usercredits.usecases.settlement import after_lost_race
-
-
-def is_count(value: Any) -> bool:
-    """Whether ``value`` is a positive int every backend can store (bools are not ints)."""
-    return is_storable_int(value) and value > 0
+from usercredits.usecases.views import active_groups
 
 
 def create_order(
@@ -62,8 +62,7 @@ def create_order(
         raise InvalidOrderError(f"quantity must be a positive int, got {quantity!r}")
     if offer.quantity_limit is not None and quantity > offer.quantity_limit:
         raise InvalidOrderError(
-            f"quantity {quantity} is above the limit {offer.quantity_limit} "
-            f"of offer {offer.name!r}"
+            f"quantity {quantity} is above the limit {offer.quantity_limit} of offer {offer.name!r}"
         )
     order_currency = offer.currency or ctx.currency
     if currency is not None and (
@@ -121,18 +120,48 @@ def create_order(
         append_date=offer.append_date,
         priority=offer.priority,
     )
+    _check_for_sale(ctx, offer, user_id, now)
     if order.total > 0:
         ctx.client.check_order(order)
     ctx.credits.register(user_id)
     if order.total > 0:
         return attach_intent(ctx, ctx.orders.create(order))
-    return complete(ctx, ctx.orders.create(_paid_for_free(order, now))).order
+    try:
+        created = ctx.orders.create(_paid_for_free(order, now))
+    except DuplicateEntityError:
+        raise AlreadySubscribedError(
+            f"user {user_id!r} holds a live order of the free offer {offer.name!r}"
+        ) from None
+    return complete(ctx, created).order
+
+
+def _check_for_sale(ctx: Context, offer: Offer, user_id: UserId, now: datetime) -> None:
+    """Refuse an offer the user may not buy: one unlocked by purchases the user lacks, or a
+    free offer the user holds live. A free order whose window ended by date is expired first,
+    so that it no longer holds the user's place."""
+    if offer.unlocked_by and not set(offer.unlocked_by) & active_groups(ctx, user_id, now):
+        raise OfferNotAvailableError(
+            f"offer {offer.name!r} is for customers with a live purchase in "
+            f"{', '.join(offer.unlocked_by)}; user {user_id!r} has none"
+        )
+    if offer.price != 0:
+        return
+    for held in ctx.orders.find_live(user_id, offer.offer_group):
+        if not held.exclusive or str(held.offer_id) != str(offer.id):
+            continue
+        if held.expires is None or held.expires > now:
+            raise AlreadySubscribedError(
+                f"user {user_id!r} holds the free offer {offer.name!r} until "
+                f"{'forever' if held.expires is None else held.expires.isoformat()}"
+            )
+        expire_order(ctx, held, now)
 
 
 def _paid_for_free(order: Order, now: datetime) -> Order:
     """A free order as it is stored: paid at once, its effects still to apply."""
     order.status = Status.PAID
     order.in_progress = True
+    order.exclusive = True
     order.history.append(
         OrderStatus(date=now, status=Status.PAID, message="Free subscription succeeded")
     )

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from usercredits.dao import Account
 from usercredits.grants import replay
 from usercredits.models import AuditReport, GroupAudit, ReconcileReport, UserId
-from usercredits.usecases.consumption import check_user
+from usercredits.usecases.checks import check_user
 from usercredits.usecases.context import Context
 from usercredits.usecases.effects import complete
 from usercredits.windows import Window

@@ -11,8 +11,22 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from usercredits.dao import Account
-from usercredits.models import ActivatedOffer, Order, Subscription, UserCredits, UserId
+from usercredits.errors import InvalidInputError
+from usercredits.models import (
+    ActivatedOffer,
+    EntityId,
+    Order,
+    Subscription,
+    TokenTimetable,
+    UserCredits,
+    UserId,
+    is_storable_int,
+)
+from usercredits.usecases.checks import check_group, check_user
 from usercredits.usecases.context import Context
+
+MAX_HISTORY = 1000
+"""The most lines one ``history`` call returns."""
 
 
 def is_open(account: Account) -> bool:
@@ -35,9 +49,7 @@ def subscriptions(orders: Iterable[Order]) -> list[Subscription]:
     """One subscription per order and per bundle item, in the orders' order. An item follows
     its bundle order until its child order exists, then its child order."""
     orders = list(orders)
-    children = {
-        (str(o.parent_id), o.item_index): o for o in orders if o.parent_id is not None
-    }
+    children = {(str(o.parent_id), o.item_index): o for o in orders if o.parent_id is not None}
     result = []
     for order in orders:
         if order.parent_id is not None:
@@ -102,3 +114,19 @@ def active_groups(ctx: Context, user_id: UserId, now: datetime) -> set[str]:
             if order.in_progress:
                 groups.update(item.offer_group for item in order.combined_items)
     return groups
+
+
+def history(
+    ctx: Context,
+    user_id: UserId,
+    offer_group: str | None,
+    limit: int,
+    before: EntityId,
+) -> list[TokenTimetable]:
+    """The user's ledger lines, newest first, ``limit`` at most, before the line ``before``."""
+    check_user(user_id)
+    if offer_group is not None:
+        check_group(offer_group)
+    if not is_storable_int(limit) or not 1 <= limit <= MAX_HISTORY:
+        raise InvalidInputError(f"limit must be an int from 1 to {MAX_HISTORY}, got {limit!r}")
+    return ctx.lines.history(user_id, offer_group, limit, before)
