@@ -363,8 +363,8 @@ class MongoOrderDao(_MongoReader[Order], OrderDao):
                 )
             except DuplicateKeyError as e:
                 raise DuplicateEntityError(
-                    f"order {order_id!r} cannot be paid: its user holds a paid exclusive order "
-                    "of its offer already"
+                    f"order {order_id!r} cannot be changed so: its user holds a paid exclusive "
+                    "order of its offer already"
                 ) from e
         else:
             raw = self._collection.find_one(condition)

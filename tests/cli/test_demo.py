@@ -82,23 +82,39 @@ def test_consumption_is_refused_safely_and_idempotent(story: str) -> None:
     assert has(lines, "refused (user 'alice' has 150 tokens in 'ai-tokens'; 300 requested)")
     assert has(lines, "balance still 150")
     assert has(lines, "the same ledger line, nothing more consumed: 24,000 left")
-    assert has(lines, "tokens-10k 2025-02-15 09:00 10,000 2,000")
-    assert has(lines, "tokens-10k 2025-02-20 09:00 20,000 20,000")
-    assert has(lines, "tokens-2k never 2,000 2,000")
+    assert has(lines, "tokens-10k 50 2025-02-15 09:00 10,000 2,000")
+    assert has(lines, "tokens-10k 50 2025-02-20 09:00 20,000 20,000")
+    assert has(lines, "tokens-2k 50 never 2,000 2,000")
+
+
+def test_a_promotion_burns_first_a_hold_is_captured_for_less_and_a_grant_voided(
+    story: str,
+) -> None:
+    lines = chapter(story, 7)
+    assert has(lines, "Alice gets a winter promotion: 300 AI tokens until 2025-02-14")
+    assert has(lines, "promotional 10 2025-02-14 09:00 300 200")
+    assert has(lines, "tokens-500 50 2025-02-15 09:00 500 150")
+    assert has(lines, "reserves 5,000 tokens: balance 555,000, available 550,000")
+    assert has(lines, "The job used 3,200 tokens")
+    assert has(lines, "Balance 551,800, available 551,800")
+    assert has(lines, "by mistake: 25,000")
+    assert has(lines, "The grant is voided: 24,000 again")
 
 
 def test_the_clock_moves_forward_to_expiry_warnings(story: str) -> None:
-    lines = chapter(story, 7)
+    lines = chapter(story, 8)
     assert has(lines, "Expiry run at 2025-02-10 09:00 UTC")
     assert has(lines, "orders expired 0")
-    assert has(lines, "alice ai-tokens low_balance 2025-02-15 09:00 150")
+    assert has(lines, "alice ai-tokens low_balance 2025-02-15 09:00 350")
     assert has(lines, "bob business expiring 2025-02-15 09:00 0")
+    assert has(lines, "alice ai-tokens tokens_expiring 2025-02-14 09:00 200")
+    assert has(lines, "bob ai-tokens tokens_expiring 2025-02-15 09:00 2,000")
 
 
 def test_expired_grants_lose_exactly_their_unused_tokens(story: str) -> None:
-    lines = chapter(story, 8)
+    lines = chapter(story, 9)
     assert has(lines, "orders expired 4")
-    assert has(lines, "tokens removed from ai-tokens 2,150")
+    assert has(lines, "tokens removed from ai-tokens 2,350")
     assert has(lines, "offer groups removed 3")
     assert has(lines, "A second run changes nothing: 0 orders expired, 0 tokens removed")
     assert has(
@@ -107,18 +123,18 @@ def test_expired_grants_lose_exactly_their_unused_tokens(story: str) -> None:
 
 
 def test_the_final_balances_and_orders(story: str) -> None:
-    lines = chapter(story, 9)
+    lines = chapter(story, 10)
     assert has(lines, "alice (none) 0 -")
     assert has(lines, "bob ai-tokens 22,000 never")
-    assert has(lines, "carol ai-tokens 555,000 2026-01-15 09:00")
+    assert has(lines, "carol ai-tokens 551,800 2026-01-15 09:00")
     assert has(lines, "bob business-monthly expired 99.00 USD 0 2025-02-15")
     assert has(lines, "carol tokens-10k (item) paid - 600,000 2026-01-15")
 
 
 def test_the_readme_shows_the_story_as_it_is_printed(story: str) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    excerpt = readme.split("```text\n== 8.", 1)[1].split("```", 1)[0]
-    assert "== 8." + excerpt in story
+    excerpt = readme.split("```text\n== 9.", 1)[1].split("```", 1)[0]
+    assert "== 9." + excerpt in story
 
 
 def test_the_story_is_the_same_on_every_run(story: str) -> None:
@@ -128,7 +144,7 @@ def test_the_story_is_the_same_on_every_run(story: str) -> None:
 def test_the_story_renders_rich_tables_on_request(story: str) -> None:
     rich = run_demo("--rich")
     assert "───" in rich
-    assert re.search(r"tokens removed from ai-tokens\s+2,150", rich)
+    assert re.search(r"tokens removed from ai-tokens\s+2,350", rich)
 
 
 @needs_mongo

@@ -196,7 +196,7 @@ def test_factories_on_one_mongomock_uri_share_its_server() -> None:
         first.close()
         assert second.get_offer_dao().find_by_id(stored.id) == stored
     finally:
-        first.database.client.drop_database("shop")
+        second.database.client.drop_database("shop")
         first.close()
         second.close()
 

@@ -15,7 +15,6 @@ from usercredits.cli.expiry import expire_all
 from usercredits.cli.output import Column, Output, day, money, tokens, when
 from usercredits.clock import FrozenClock
 from usercredits.errors import InsufficientCreditsError
-from usercredits.grants import replay
 from usercredits.manual import ManualPaymentClient
 from usercredits.models import Offer, Order
 from usercredits.service import PaymentService
@@ -140,6 +139,7 @@ class WonderAIDemo:
         self.carol_scaleup_plan()
         self.bob_bundle_and_pack()
         self.consumption()
+        self.promotions_and_holds()
         self.warnings()
         self.expiry()
         self.final_state()
@@ -277,23 +277,27 @@ class WonderAIDemo:
         )
         service.tokens_consumed("carol", TOKENS, 45000)
         out.line(f"Carol uses 45,000 tokens: {self.balance('carol')} left.")
-        ledger = service.get_dao_factory().get_token_timetable_dao()
-        state = replay(ledger.find({"user_id": "bob", "offer_group": TOKENS}))
+        self.grants_table("Bob's grants: consumption draws from the one expiring soonest", "bob")
+
+    def grants_table(self, title: str, user: str) -> None:
+        """The user's live AI-token grants, in the order consumption draws them."""
         rows = []
-        for order in self.orders.find({"user_id": "bob"}):
-            if order.token_count and state.grant(str(order.id)) is not None:
-                rows.append(
-                    [
-                        self.key_of(order.offer_id),
-                        when(order.expires),
-                        tokens(order.token_count),
-                        tokens(state.remainder(str(order.id))),
-                    ]
-                )
-        out.table(
-            "Bob's grants: consumption draws from the one expiring soonest",
+        for grant in self.service.grants(user, TOKENS):
+            name = grant.source.value if grant.order_id is None else self.order_key(grant.order_id)
+            rows.append(
+                [
+                    name,
+                    str(grant.priority),
+                    when(grant.expires),
+                    tokens(grant.tokens),
+                    tokens(grant.remaining),
+                ]
+            )
+        self.out.table(
+            title,
             [
                 Column("grant"),
+                Column("priority", right=True),
                 Column("expires"),
                 Column("granted", right=True),
                 Column("still held", right=True),
@@ -301,9 +305,49 @@ class WonderAIDemo:
             rows,
         )
 
+    def order_key(self, order_id: object) -> str:
+        order = self.orders.find_by_id(order_id)
+        return "?" if order is None else self.key_of(order.offer_id)
+
+    def promotions_and_holds(self) -> None:
+        out = self.out
+        service = self.service
+        self.clock.advance(days=1)
+        out.heading(f"7. A promotion, a long job and a mistake ({when(self.clock())})")
+        service.grant_tokens(
+            "alice",
+            TOKENS,
+            300,
+            expires=datetime(2025, 2, 14, 9, 0, tzinfo=UTC),
+            priority=10,
+            idempotency_key="winter-2025",
+            note="Winter promotion",
+        )
+        out.line(
+            "Alice gets a winter promotion: 300 AI tokens until 2025-02-14, priority 10 "
+            f"(drawn before her plan's tokens): {self.balance('alice')} tokens."
+        )
+        service.tokens_consumed("alice", TOKENS, 100)
+        self.grants_table("Alice uses 100 tokens: the promotion's burn first", "alice")
+        hold = service.reserve("carol", TOKENS, 5000, ttl=timedelta(minutes=30))
+        out.line(
+            f"Carol starts a video job and reserves 5,000 tokens: balance {self.balance('carol')}, "
+            f"available {tokens(service.available_tokens('carol', TOKENS))}."
+        )
+        line = service.capture(hold.id, 3200)
+        out.line(
+            f"The job used {tokens(-line.tokens)} tokens: the hold is captured for that and the "
+            f"rest freed. Balance {self.balance('carol')}, available "
+            f"{tokens(service.available_tokens('carol', TOKENS))}."
+        )
+        grant = service.grant_tokens("bob", TOKENS, 1000, note="goodwill, wrong user")
+        out.line(f"An operator credits Bob 1,000 tokens by mistake: {self.balance('bob')}.")
+        service.void_grant(grant.id)
+        out.line(f"The grant is voided: {self.balance('bob')} again.")
+
     def warnings(self) -> None:
         self.clock.set(datetime(2025, 2, 10, 9, 0, tzinfo=UTC))
-        self.out.heading(f"7. Expiry warnings ({when(self.clock())})")
+        self.out.heading(f"8. Expiry warnings ({when(self.clock())})")
         self.out.line("The cron job runs: usercredits expire --warn-days 7 --low ai-tokens=1000")
         summary = expire_all(self.service, warn_before=timedelta(days=7), low={TOKENS: 1000})
         render_expiry(self.out, summary)
@@ -311,7 +355,7 @@ class WonderAIDemo:
     def expiry(self) -> None:
         out = self.out
         self.clock.set(datetime(2025, 2, 16, 9, 0, tzinfo=UTC))
-        out.heading(f"8. The monthly plans have ended ({when(self.clock())})")
+        out.heading(f"9. The monthly plans have ended ({when(self.clock())})")
         out.line("The cron job runs again: usercredits expire")
         summary = expire_all(self.service)
         render_expiry(out, summary)
@@ -328,7 +372,7 @@ class WonderAIDemo:
 
     def final_state(self) -> None:
         out = self.out
-        out.heading("9. Where everyone stands")
+        out.heading("10. Where everyone stands")
         rows = []
         for user in USERS:
             credits = self.service.load_user_credits(user)

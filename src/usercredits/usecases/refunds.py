@@ -78,7 +78,6 @@ def handle_webhook(ctx: Context, payload: bytes | str, signature: str | None) ->
         result.message = f"no order has payment intent {event.payment_intent_id!r}"
         logger.warning("webhook %s: %s", event.id, result.message)
         return result
-    result.handled = True
     if order.in_progress:
         order = complete(ctx, order).order
     if event.kind is WebhookEventKind.REFUNDED:
@@ -104,5 +103,6 @@ def handle_webhook(ctx: Context, payload: bytes | str, signature: str | None) ->
         result.message = "order already paid"
     else:
         result.message = f"order is {order.status}; nothing to settle"
+    result.handled = not result.duplicate
     result.order = order
     return result
