@@ -142,7 +142,8 @@ class TokenTimetableDao(Reader[TokenTimetable]):
     no stored line shares its (``user_id``, ``offer_group``, ``seq``), its (``user_id``,
     ``idempotency_key``) or its (``user_id``, ``operation_key``) (keys when set), and raises
     DuplicateEntityError otherwise, storing nothing. Racing creates of one ``seq`` store one
-    line. ``find`` returns lines in recording order."""
+    line. Lines are numbered from 1: a ``seq`` below 1 is refused like a number already
+    taken. ``find`` returns lines in recording order."""
 
     @abc.abstractmethod
     def lines_after(self, user_id: UserId, offer_group: str, seq: int) -> list[TokenTimetable]:
@@ -166,8 +167,9 @@ class TokenTimetableDao(Reader[TokenTimetable]):
         limit: int,
         before: EntityId = None,
     ) -> list[TokenTimetable]:
-        """At most ``limit`` of the user's lines (of one group when given), newest first,
-        recorded before the line ``before`` when given; in one read."""
+        """At most ``limit`` (at least 1) of the user's lines (of one group when given), newest
+        first, recorded before the line ``before`` when given; an empty list when ``before``
+        is not one of the user's lines."""
 
 
 class Account(NamedTuple):
@@ -213,14 +215,15 @@ class UserCreditsDao(abc.ABC):
 
     @abc.abstractmethod
     def save_snapshot(self, user_id: UserId, offer_group: str, snapshot: Snapshot) -> bool:
-        """Store ``snapshot`` if the stored one has a lower ``seq``; whether it was stored."""
+        """Store ``snapshot`` if the stored one has a lower ``seq``; whether it was stored
+        (False, storing nothing, when the account does not exist)."""
 
     @abc.abstractmethod
     def save_window(
         self, user_id: UserId, offer_group: str, expected_version: int, window: Window
     ) -> bool:
         """Store ``window`` if the stored window's ``version`` is ``expected_version``; whether
-        it was stored."""
+        it was stored (False, storing nothing, when the account does not exist)."""
 
 
 class DaoFactory(abc.ABC):

@@ -115,7 +115,7 @@ class Snapshot(NamedTuple):
             debt -= repaid
             if tokens > repaid:
                 made = LiveGrant(
-                    grant_id=line.grant_id or str(line.id),
+                    grant_id=line.grant_id or _own_id(line),
                     order_id=None if line.order_id is None else str(line.order_id),
                     source=SOURCES.get(line.reason, GrantSource.ADJUSTMENT),
                     tokens=tokens,
@@ -140,7 +140,7 @@ class Snapshot(NamedTuple):
                 if h.hold_id != line.hold_id and (moment is None or h.expires_at > moment)
             )
             if line.reason is LedgerReason.HOLD and line.expires is not None:
-                holds += (HeldTokens(str(line.id), line.held, line.expires, line.seq),)
+                holds += (HeldTokens(_own_id(line), line.held, line.expires, line.seq),)
         return Snapshot(seq=line.seq, debt=debt, grants=tuple(grants), holds=holds)
 
     def apply_all(self, lines: Iterable[TokenTimetable]) -> Snapshot:
@@ -205,6 +205,11 @@ class Snapshot(NamedTuple):
                 for h in data.get("holds", ())
             ),
         )
+
+
+def _own_id(line: TokenTimetable) -> str:
+    """The id of what a line makes (a grant, a hold): its own id once stored."""
+    return f"line-{line.seq}" if line.id is None else str(line.id)
 
 
 def _take(grants: list[LiveGrant], grant_id: str, wanted: int) -> int:

@@ -213,7 +213,7 @@ class InMemoryOrderDao(_Reader[Order], OrderDao):
     def __init__(self, table: _Table[Order]):
         super().__init__(table)
         self._by_intent: dict[str, str] = {}
-        self._children: dict[tuple[str, int], str] = {}
+        self._children: dict[tuple[str, int | None], str] = {}
         self._exclusive: dict[tuple[UserKey, str], str] = {}
 
     @staticmethod
@@ -238,7 +238,7 @@ class InMemoryOrderDao(_Reader[Order], OrderDao):
         with self._lock:
             child = None
             if stored.parent_id is not None:
-                child = (str(stored.parent_id), stored.item_index or 0)
+                child = (str(stored.parent_id), stored.item_index)
                 if child in self._children:
                     raise DuplicateEntityError(
                         f"item {child[1]} of bundle order {child[0]!r} has a child order already"

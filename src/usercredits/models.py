@@ -7,10 +7,11 @@ Plain keyword-only dataclasses. Enum fields accept their string values, money is
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeAlias
 
@@ -156,8 +157,50 @@ def to_decimal(value: Any, what: str = "amount") -> Decimal:
     return result
 
 
+def to_json_value(value: Any, *, is_id: bool = False) -> Any:
+    """``value`` ready for JSON: enums as their values, Decimal as str (keeping its exponent),
+    datetimes in ISO 8601 UTC, models as dicts, ids (ObjectId, UUID...) as str."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Model):
+        return value.to_dict()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return (value if value.tzinfo is None else value.astimezone(UTC)).isoformat()
+    if isinstance(value, int):
+        return str(value) if is_id else value
+    if isinstance(value, str | float):
+        return value
+    if isinstance(value, list | tuple):
+        return [to_json_value(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): to_json_value(item) for key, item in value.items()}
+    return str(value)
+
+
+class Model:
+    """The base of the models: :meth:`to_dict` makes any of them ready for JSON."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The model as a dict of JSON values: ids as str (a user id that is an int stays
+        one), Decimal as str keeping its exponent (``"9.90"``), datetimes as ISO 8601 UTC
+        strings, enums as their values, nested models as dicts."""
+        return {
+            f.name: to_json_value(getattr(self, f.name), is_id=_is_id_field(f.name))
+            for f in dataclasses.fields(self)  # type: ignore[arg-type]
+        }
+
+
+def _is_id_field(name: str) -> bool:
+    """Whether a field holds an entity id (a user id is the application's own)."""
+    return name == "id" or (name.endswith("_id") and name != "user_id")
+
+
 @dataclass(kw_only=True)
-class CombinedOffer:
+class CombinedOffer(Model):
     """One item of a bundle: ``quantity`` units of another offer, its tokens to ``offer_group``."""
 
     offer_id: EntityId
@@ -182,7 +225,7 @@ class CombinedOffer:
 
 
 @dataclass(kw_only=True)
-class Offer:
+class Offer(Model):
     """A priced bundle of tokens and/or a validity period that users can order."""
 
     name: str
@@ -274,7 +317,7 @@ class Offer:
 
 
 @dataclass(kw_only=True)
-class OrderStatus:
+class OrderStatus(Model):
     """One entry of an order's history."""
 
     date: datetime | None = None
@@ -287,7 +330,7 @@ class OrderStatus:
 
 
 @dataclass(kw_only=True)
-class CombinedOrder:
+class CombinedOrder(Model):
     """One item of a bundle order, with the tokens and window it grants."""
 
     offer_id: EntityId = None
@@ -309,7 +352,7 @@ class CombinedOrder:
 
 
 @dataclass(kw_only=True)
-class Order:
+class Order(Model):
     """A user's order of an offer; ``token_count`` is the total it grants once paid."""
 
     id: EntityId = None
@@ -413,7 +456,7 @@ OPEN = frozenset({Status.PENDING, Status.REFUSED, Status.ERROR, Status.INCONSIST
 
 
 @dataclass(kw_only=True)
-class Subscription:
+class Subscription(Model):
     """The summary of one order (or bundle item) kept in a user's credits."""
 
     offer_id: EntityId = None
@@ -436,7 +479,7 @@ class Subscription:
 
 
 @dataclass(kw_only=True)
-class ActivatedOffer:
+class ActivatedOffer(Model):
     """A user's standing in one offer group: its window and its current token balance."""
 
     offer_group: str = ""
@@ -446,7 +489,7 @@ class ActivatedOffer:
 
 
 @dataclass(kw_only=True)
-class UserCredits:
+class UserCredits(Model):
     """Everything a user holds: one :class:`ActivatedOffer` per group and the subscriptions."""
 
     id: EntityId = None
@@ -465,7 +508,7 @@ class UserCredits:
 
 
 @dataclass(kw_only=True)
-class TokenTimetable:
+class TokenTimetable(Model):
     """One ledger line: ``tokens`` added (grant) or removed (consumption, expiry, refund)."""
 
     id: EntityId = None
@@ -503,7 +546,7 @@ class TokenTimetable:
 
 
 @dataclass(kw_only=True)
-class Hold:
+class Hold(Model):
     """Tokens reserved before a long job: they cannot be consumed by others until the hold
     is captured (consumed, up to what the job used) or released, or ends at ``expires_at``."""
 
@@ -519,7 +562,7 @@ class Hold:
 
 
 @dataclass(kw_only=True)
-class Grant:
+class Grant(Model):
     """Tokens granted to a user's offer group, by an order or directly, drawn in burn order:
     lowest ``priority`` first, then the soonest ``expires`` (never-expiring last), then the
     oldest. ``remaining`` is what the grant still holds."""
@@ -542,7 +585,7 @@ class Grant:
 
 
 @dataclass(kw_only=True)
-class ExpiryWarning:
+class ExpiryWarning(Model):
     """A warning of the expiry routine: a group ``"expiring"`` soon, a grant's
     ``"tokens_expiring"`` soon, or a group with a ``"low_balance"``."""
 
@@ -555,7 +598,7 @@ class ExpiryWarning:
 
 
 @dataclass(kw_only=True)
-class ExpiryReport:
+class ExpiryReport(Model):
     """What one run of ``check_for_expired_orders`` did for a user."""
 
     user_id: UserId = None
@@ -566,7 +609,7 @@ class ExpiryReport:
 
 
 @dataclass(kw_only=True)
-class WebhookResult:
+class WebhookResult(Model):
     """What ``handle_webhook`` did with one gateway event."""
 
     event_id: str
@@ -578,7 +621,7 @@ class WebhookResult:
 
 
 @dataclass(kw_only=True)
-class ReconcileReport:
+class ReconcileReport(Model):
     """What ``reconcile`` completed for a user: the orders whose interrupted operation it
     finished and the offer groups whose derived state it brought up to date."""
 
@@ -588,7 +631,7 @@ class ReconcileReport:
 
 
 @dataclass(kw_only=True)
-class GroupAudit:
+class GroupAudit(Model):
     """One offer group checked against its ledger: ``ok`` when
     ``balance == ledger_sum == live_remainders - debt``."""
 
@@ -601,7 +644,7 @@ class GroupAudit:
 
 
 @dataclass(kw_only=True)
-class AuditReport:
+class AuditReport(Model):
     """The audit of one user's groups; ``ok`` when every group agrees with its ledger."""
 
     user_id: UserId = None

@@ -7,7 +7,7 @@ import enum
 from dataclasses import dataclass
 from decimal import Decimal
 
-from usercredits.models import EntityId, Order, UserId
+from usercredits.models import EntityId, Model, Order, UserId
 
 
 class WebhookEventKind(enum.StrEnum):
@@ -21,7 +21,7 @@ class WebhookEventKind(enum.StrEnum):
 
 
 @dataclass(kw_only=True)
-class WebhookEvent:
+class WebhookEvent(Model):
     """A verified gateway event, mapped to what the services need to apply it."""
 
     id: str

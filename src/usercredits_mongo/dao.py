@@ -504,7 +504,10 @@ class MongoTokenTimetableDao(_MongoReader[TokenTimetable], TokenTimetableDao):
         if offer_group is not None:
             query["offer_group"] = offer_group
         if before is not None:
-            query["_id"] = {"$lt": object_id(before)}
+            cursor_id = object_id(before)
+            if self._collection.find_one({"_id": cursor_id, "user_id": query["user_id"]}) is None:
+                return []
+            query["_id"] = {"$lt": cursor_id}
         cursor = self._collection.find(query, sort=[("_id", DESCENDING)]).limit(limit)
         return [self._codec.decode(raw) for raw in cursor]
 

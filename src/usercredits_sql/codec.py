@@ -262,11 +262,15 @@ class EntityCodec(Generic[M]):
             row[field.column] = field.encode(getattr(entity, field.name))
         return row
 
-    def changes(self, changes: Mapping[str, Any]) -> dict[str, Any]:
-        """The column values setting ``changes`` (unstored fields are left out)."""
+    def check_changes(self, changes: Mapping[str, Any]) -> None:
+        """Raise ValueError for changes of unknown fields, or of the id."""
         self.check_fields(changes.keys())
         if "id" in changes:
             raise ValueError(f"the id of a {self.model.__name__} cannot be changed")
+
+    def changes(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """The column values setting ``changes`` (unstored fields are left out)."""
+        self.check_changes(changes)
         row: dict[str, Any] = {}
         for name, value in changes.items():
             if name == "user_id" and self.has_user:

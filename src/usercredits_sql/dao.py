@@ -167,7 +167,7 @@ class SqlOfferDao(_SqlReader[Offer], OfferDao):
         return created
 
     def update_by_id(self, entity_id: EntityId, changes: Mapping[str, Any]) -> Offer | None:
-        self._codec.changes(changes)
+        self._codec.check_changes(changes)
         key = encode_ref(entity_id)
         if key is None:
             return None

@@ -1,13 +1,14 @@
 """Property tests of the grant model (SPEC §4), on the in-memory backend and on ``replay``.
 
 Random interleavings of purchases (every kind of cycle, free or paid by hand, of
-several priorities), consumptions (both calls, with and without idempotency
-keys), clock moves and expiry checks are played against the service and against
-``GrantModel``, a deliberately plain model of the rules written for this test.
-After every step: the balance is the sum of the ledger lines and the model's
-balance; every live grant holds what the model says; an expiry removes exactly
-what its grant still held (never more); the balance is the live remainders minus
-the debt; the account's stored snapshot is the fold of its lines.
+several priorities), direct grants, voids, consumptions (both calls, with and
+without idempotency keys), clock moves and expiry checks are played against the
+service and against ``GrantModel``, a deliberately plain model of the rules
+written for this test. After every step: the balance is the sum of the ledger
+lines and the model's balance; every live grant holds what the model says, in
+burn order; an expiry or a void removes exactly what its grant still held (never
+more); the balance is the live remainders minus the debt; the account's stored
+snapshot is the fold of its lines.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from hypothesis import strategies as st
 from usercredits import (
     Cycle,
     FrozenClock,
+    Grant,
     IdempotencyConflictError,
     InMemoryDaoFactory,
     InsufficientCreditsError,
@@ -53,6 +55,7 @@ class ModelGrant:
     expires: datetime | None
     seq: int
     held: int
+    of_order: bool
 
 
 @dataclass
@@ -67,34 +70,61 @@ class GrantModel:
     def balance(self) -> int:
         return sum(g.held for g in self.grants) - self.debt
 
-    def holding(self) -> dict[str, int]:
-        return {g.grant_id: g.held for g in self.grants if g.held}
+    def burn_order(self) -> list[ModelGrant]:
+        return sorted(self.grants, key=lambda g: (g.priority, g.expires or NEVER, g.seq))
 
-    def grant(self, grant_id: str, tokens: int, priority: int, expires: datetime | None) -> None:
+    def holding(self) -> list[tuple[str, int]]:
+        """The grants holding tokens, in burn order, with what each holds."""
+        return [(g.grant_id, g.held) for g in self.burn_order() if g.held]
+
+    def grant(
+        self,
+        grant_id: str,
+        tokens: int,
+        priority: int,
+        expires: datetime | None,
+        *,
+        of_order: bool = False,
+    ) -> None:
         repaid = min(self.debt, tokens)
         self.debt -= repaid
-        self.grants.append(ModelGrant(grant_id, priority, expires, next(self.seq), tokens - repaid))
+        self.grants.append(
+            ModelGrant(grant_id, priority, expires, next(self.seq), tokens - repaid, of_order)
+        )
 
     def consume(self, count: int) -> None:
-        burn_order = sorted(self.grants, key=lambda g: (g.priority, g.expires or NEVER, g.seq))
-        for grant in burn_order:
+        for grant in self.burn_order():
             taken = min(grant.held, count)
             grant.held -= taken
             count -= taken
         self.debt += count
 
-    def take(self, grant_id: str | None, count: int) -> None:
+    def take(self, grant_id: str | None, count: int) -> int:
+        """Take ``count`` from one grant, the rest in burn order; what the grant gave."""
+        given = 0
         for grant in self.grants:
             if grant.grant_id == grant_id:
-                taken = min(grant.held, count)
-                grant.held -= taken
-                count -= taken
-        self.consume(count)
+                given = min(grant.held, count)
+                grant.held -= given
+        self.consume(count - given)
+        return given
 
-    def expire(self, now: datetime) -> dict[str, int]:
+    def void(self, grant_id: str) -> int:
+        """Empty one grant (its order may still expire later); what it held."""
+        held = 0
+        for grant in self.grants:
+            if grant.grant_id == grant_id:
+                held, grant.held = grant.held, 0
+        return held
+
+    def expire(self, now: datetime) -> tuple[dict[str, int], dict[str, int]]:
+        """End the due grants: what each held, for orders' grants and for direct grants."""
         due = [g for g in self.grants if g.expires is not None and g.expires <= now]
         self.grants = [g for g in self.grants if g not in due]
-        return {g.grant_id: g.held for g in due}
+        return (
+            {g.grant_id: g.held for g in due if g.of_order},
+            {g.grant_id: g.held for g in due if not g.of_order},
+        )
 
 
 buys = st.tuples(
@@ -106,15 +136,23 @@ buys = st.tuples(
     st.booleans(),
     st.sampled_from(PRIORITIES),
 )
+gifts = st.tuples(
+    st.just("gift"),
+    st.integers(1, 40),
+    st.none() | st.integers(1, 24 * 40),
+    st.sampled_from(PRIORITIES),
+    st.none() | st.sampled_from(["p1", "p2"]),
+)
 uses = st.tuples(
     st.just("use"),
     st.integers(1, 60),
     st.sampled_from(["tokens_consumed", "consume_tokens"]),
     st.none() | st.sampled_from(["k1", "k2", "k3"]),
 )
+voids = st.tuples(st.just("void"), st.integers(0, 30))
 waits = st.tuples(st.just("wait"), st.integers(1, 24 * 40))
 expiries = st.tuples(st.just("expire"))
-steps = st.lists(st.one_of(buys, uses, waits, expiries), max_size=30)
+steps = st.lists(st.one_of(buys, gifts, uses, voids, waits, expiries), max_size=30)
 
 
 class Run:
@@ -126,7 +164,8 @@ class Run:
         self.factory = InMemoryDaoFactory()
         self.service = PaymentService(self.factory, self.manual, clock=self.clock)
         self.model = GrantModel()
-        self.keys: dict[str, tuple[int, str]] = {}
+        self.made: list[str] = []
+        self.keys: dict[str, tuple[Any, str]] = {}
 
     def ledger(self) -> list[TokenTimetable]:
         return self.factory.get_token_timetable_dao().lines_after(USER, GROUP, 0)
@@ -134,8 +173,12 @@ class Run:
     def play(self, step: tuple[Any, ...]) -> None:
         if step[0] == "buy":
             self.buy(*step[1:])
+        elif step[0] == "gift":
+            self.gift(*step[1:])
         elif step[0] == "use":
             self.use(*step[1:])
+        elif step[0] == "void":
+            self.void(step[1])
         elif step[0] == "wait":
             self.clock.advance(hours=step[1])
         else:
@@ -164,17 +207,41 @@ class Run:
         paid = self.factory.get_order_dao().find_by_id(order.id)
         assert paid is not None
         assert paid.status is Status.PAID
-        self.model.grant(str(paid.id), tokens * quantity, priority, paid.expires)
+        self.model.grant(str(paid.id), tokens * quantity, priority, paid.expires, of_order=True)
+        self.made.append(str(paid.id))
+
+    def gift(self, count: int, hours: int | None, priority: int, key: str | None) -> None:
+        expires = None if hours is None else self.service.now() + timedelta(hours=hours)
+        asked = (count, expires, priority)
+
+        def grant() -> Grant:
+            return self.service.grant_tokens(
+                USER, GROUP, count, expires=expires, priority=priority, idempotency_key=key
+            )
+
+        if key is not None and key in self.keys:
+            first, grant_id = self.keys[key]
+            if first != asked:
+                with pytest.raises(IdempotencyConflictError):
+                    grant()
+                return
+            assert grant().id == grant_id
+            return
+        made = grant()
+        self.model.grant(made.id, count, priority, expires)
+        self.made.append(made.id)
+        if key is not None:
+            self.keys[key] = (asked, made.id)
 
     def use(self, count: int, call: str, key: str | None) -> None:
         consume = getattr(self.service, call)
         if key is not None and key in self.keys:
-            first_count, first_id = self.keys[key]
-            if first_count != count:
+            first, line_id = self.keys[key]
+            if first != count:
                 with pytest.raises(IdempotencyConflictError):
                     consume(USER, GROUP, count, idempotency_key=key)
                 return
-            assert str(consume(USER, GROUP, count, idempotency_key=key).id) == first_id
+            assert str(consume(USER, GROUP, count, idempotency_key=key).id) == line_id
             return
         if call == "consume_tokens" and self.model.balance < count:
             with pytest.raises(InsufficientCreditsError):
@@ -185,17 +252,29 @@ class Run:
         if key is not None:
             self.keys[key] = (count, str(line.id))
 
+    def void(self, index: int) -> None:
+        if not self.made:
+            return
+        grant_id = self.made[index % len(self.made)]
+        held = self.model.void(grant_id)
+        recorded = len(self.ledger())
+        voided = self.service.void_grant(grant_id)
+        assert (voided.id, voided.remaining) == (grant_id, 0)
+        written = [(line.reason, line.grant_id, line.tokens) for line in self.ledger()[recorded:]]
+        assert written == ([(LedgerReason.VOID, grant_id, -held)] if held else [])
+
     def expire(self) -> None:
-        expected = self.model.expire(self.service.now())
+        orders, direct = self.model.expire(self.service.now())
         recorded = len(self.ledger())
         report = self.service.check_for_expired_orders(USER)
-        assert sorted(str(o.id) for o in report.expired_orders) == sorted(expected)
-        assert report.removed_tokens.get(GROUP, 0) == sum(expected.values())
+        assert sorted(str(o.id) for o in report.expired_orders) == sorted(orders)
+        held = {**orders, **direct}
+        assert report.removed_tokens.get(GROUP, 0) == sum(held.values())
         written = self.ledger()[recorded:]
         assert all(line.reason is LedgerReason.EXPIRY for line in written)
         removed = {str(line.grant_id): -line.tokens for line in written}
         assert len(removed) == len(written)
-        assert removed == {grant: held for grant, held in expected.items() if held > 0}
+        assert removed == {grant: tokens for grant, tokens in held.items() if tokens > 0}
 
     def check(self) -> None:
         lines = self.ledger()
@@ -203,9 +282,11 @@ class Run:
         balance = self.service.remaining_tokens(USER, GROUP)
         assert balance == sum(line.tokens for line in lines) == self.model.balance
         snapshot = replay(lines)
-        assert {g.grant_id: g.remaining for g in snapshot.grants} == self.model.holding()
+        assert [(g.grant_id, g.remaining) for g in snapshot.grants] == self.model.holding()
         assert snapshot.debt == self.model.debt
         assert balance == sum(g.remaining for g in snapshot.grants) - snapshot.debt
+        listed = self.service.grants(USER, GROUP)
+        assert [(g.id, g.remaining) for g in listed] == self.model.holding()
         account = self.factory.get_user_credits_dao().get_account(USER, GROUP)
         assert (account.snapshot if account is not None else Snapshot()) == snapshot
         assert self.service.audit(USER).ok
@@ -321,7 +402,7 @@ def test_replay_never_holds_negative_amounts_nor_debt_beside_held_tokens(
 def test_replay_agrees_with_the_plain_model_of_the_rules(lines: list[TokenTimetable]) -> None:
     snapshot = replay(lines)
     model = plain_fold(lines)
-    assert {g.grant_id: g.remaining for g in snapshot.grants} == model.holding()
+    assert [(g.grant_id, g.remaining) for g in snapshot.grants] == model.holding()
     assert snapshot.debt == model.debt
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
@@ -172,6 +172,9 @@ def service(
 ) -> Iterator[PaymentService]:
     yield PaymentService(backend, manual, clock=clock)
     for dao in (backend.orders, backend.ledger, backend.credits):
+        for hook in (h for hooks in dao.before.values() for h in hooks):
+            if isinstance(hook, Gate):
+                hook.open()
         dao.before.clear()
 
 
@@ -502,3 +505,23 @@ def test_a_refund_committed_while_the_expiry_holds_its_order_as_due_leaves_nothi
     assert (report.expired_orders, report.removed_tokens) == ([], {})
     assert tokens_of(service, LedgerReason.EXPIRY, LedgerReason.REFUND) == [-10]
     assert service.remaining_tokens(USER, GROUP) == 100 == ledger_sum(service)
+
+
+def test_a_void_while_the_expiry_of_its_grant_is_between_decision_and_line_removes_once(
+    service: PaymentService, backend: HookedDaoFactory, clock: FrozenClock
+) -> None:
+    gift = service.grant_tokens(USER, GROUP, 10, expires=clock() + timedelta(days=1))
+    free(service, "forever", Cycle.ONCE, 100)
+    clock.advance(days=2)
+    gate = backend.ledger.hold("create", appending(LedgerReason.EXPIRY, "expiry"))
+    expire = in_thread(lambda: service.check_for_expired_orders(USER), name="expiry")
+    wait(gate.reached)
+    voided = service.void_grant(gift.id)
+    gate.open()
+    report = expire()
+
+    assert voided.remaining == 0
+    assert report.removed_tokens == {}
+    assert tokens_of(service, LedgerReason.EXPIRY, LedgerReason.VOID) == [-10]
+    assert service.remaining_tokens(USER, GROUP) == 100 == ledger_sum(service)
+    assert audited(service)

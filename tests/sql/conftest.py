@@ -6,8 +6,9 @@ directory, as the ``postgres`` OS user when the tests run as root; trust authent
 ``USERCREDITS_TEST_POSTGRES_URL`` names an existing server (a role allowed to create
 databases). When PostgreSQL cannot be had, the PostgreSQL tests fail: they never skip.
 
-Every backend made for a test is a new database: created from a template holding the
-schema on PostgreSQL (dropped when the factory is closed), a new file on SQLite.
+Every backend made for a test is an empty database: on PostgreSQL one of a pool of
+databases holding the schema, emptied when its factory is closed (a new one is created from
+a template when none is free); on SQLite a new file.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import URL, make_url
 
-from usercredits_sql import SqlDaoFactory
+from usercredits_sql import SqlDaoFactory, metadata
 from usercredits_sql.store import SqlStore, create_engine
 
 URL_VARIABLE = "USERCREDITS_TEST_POSTGRES_URL"
@@ -49,7 +50,7 @@ HBA = "local all all trust\nhost all all 127.0.0.1/32 trust\n"
 
 
 class ThrowawaySqlDaoFactory(SqlDaoFactory):
-    """A factory on a database of its own, dropped (PostgreSQL) when the factory is closed."""
+    """A factory on a database of the server's pool, given back empty when it is closed."""
 
     server: PostgresServer | None = None
     database: str = ""
@@ -57,16 +58,25 @@ class ThrowawaySqlDaoFactory(SqlDaoFactory):
     def close(self) -> None:
         super().close()
         if self.server is not None:
-            self.server.drop_database(self.database)
+            self.server.release(self.database)
+            self.server = None
+
+
+EMPTY_TABLES = "; ".join(
+    f'DELETE FROM "{table.name}"' for table in reversed(metadata.sorted_tables)
+)
 
 
 class PostgresServer:
     """A PostgreSQL server the tests may create databases on, each a copy of a template
-    that holds the schema."""
+    that holds the schema; databases given back are emptied and used again."""
 
     def __init__(self, url: URL):
         self.url = url
         self._lock = threading.Lock()
+        self._free: list[str] = []
+        self._made: list[str] = []
+        self._cleaners: dict[str, psycopg.Connection[Any]] = {}
         self._admin = psycopg.connect(self._conninfo(url), autocommit=True, connect_timeout=10)
         version = self._admin.info.server_version
         self._strategy = " STRATEGY FILE_COPY" if version >= 150000 else ""
@@ -90,22 +100,57 @@ class PostgresServer:
         """A new database holding the schema and nothing else; its name."""
         name = f"usercredits_test_{uuid.uuid4().hex[:16]}"
         self._execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"{self._strategy}')
+        with self._lock:
+            self._made.append(name)
         return name
 
     def drop_database(self, name: str) -> None:
         self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
+    def acquire(self) -> str:
+        """An empty database holding the schema, for one user at a time; its name."""
+        with self._lock:
+            if self._free:
+                return self._free.pop()
+        return self.create_database()
+
+    def release(self, name: str) -> None:
+        """Empty a database and make it available again (dropped if it cannot be emptied)."""
+        try:
+            cleaner = self._cleaners.get(name)
+            if cleaner is None:
+                cleaner = psycopg.connect(
+                    self._conninfo(self.url_of(name)), autocommit=True, connect_timeout=10
+                )
+                cleaner.execute("SET lock_timeout = '10s'")
+                self._cleaners[name] = cleaner
+            cleaner.execute(EMPTY_TABLES)  # type: ignore[arg-type]
+        except psycopg.Error:
+            self._forget(name)
+            self.drop_database(name)
+            return
+        with self._lock:
+            self._free.append(name)
+
+    def _forget(self, name: str) -> None:
+        cleaner = self._cleaners.pop(name, None)
+        if cleaner is not None:
+            cleaner.close()
+
     def factory(self) -> ThrowawaySqlDaoFactory:
-        """A factory on a new database, dropped when the factory is closed."""
-        name = self.create_database()
+        """A factory on an empty database, emptied again when the factory is closed."""
+        name = self.acquire()
         factory = ThrowawaySqlDaoFactory(SqlStore(create_engine(self.url_of(name))))
         factory.server = self
         factory.database = name
         return factory
 
     def close(self) -> None:
-        with contextlib.suppress(psycopg.Error):
-            self.drop_database(self.template)
+        for name in list(self._cleaners):
+            self._forget(name)
+        for name in [*self._made, self.template]:
+            with contextlib.suppress(psycopg.Error):
+                self.drop_database(name)
         self._admin.close()
 
 

@@ -21,7 +21,7 @@ from usercredits.catalog import (
 )
 from usercredits.cli.backend import backend_options, service_for
 from usercredits.cli.expiry import ExpirySummary, expire_all, json_user_id
-from usercredits.cli.output import Column, Output, tokens, when
+from usercredits.cli.output import Column, Output, output_for, tokens, when
 from usercredits.cli.upkeep import audit_all, reconcile_all
 from usercredits.errors import IdempotencyConflictError, InsufficientCreditsError
 from usercredits.models import ActivatedOffer, UserCredits
@@ -57,21 +57,21 @@ def catalog() -> None:
 @backend_options
 @click.pass_context
 def import_command(
-    ctx: click.Context, file: Path, dry_run: bool, mongo_uri: str | None, db: str | None
+    ctx: click.Context, file: Path, dry_run: bool, db: str | None, mongo_uri: str | None
 ) -> None:
     """Create or update the offers of FILE by key; importing twice changes nothing.
 
     FILE is YAML, or JSON when its name ends with .json. Offers refer to each other
     by key (combined_items, unlocked_by). Invalid entries are all reported, by entry
     and field, and nothing is written (exit code 1)."""
-    out = _output(ctx)
+    out = output_for(ctx)
     try:
         parsed = read_catalog(file)
     except OSError as e:
         raise click.ClickException(f"cannot read {file}: {e.strerror or e}") from e
     except UnicodeDecodeError as e:
         raise click.ClickException(f"cannot read {file}: not UTF-8 text ({e.reason})") from e
-    service = service_for(ctx, mongo_uri, db)
+    service = service_for(ctx, db, mongo_uri)
     result = import_catalog(service.get_dao_factory().get_offer_dao(), parsed, dry_run=dry_run)
     rows = [[key, "created"] for key in result.created]
     rows += [[key, "updated"] for key in result.updated]
@@ -99,14 +99,14 @@ def export_command(
     ctx: click.Context,
     file: Path | None,
     fmt: CatalogFormat | None,
-    mongo_uri: str | None,
     db: str | None,
+    mongo_uri: str | None,
 ) -> None:
     """Write every stored offer as a catalogue to FILE (standard output by default).
 
     The export imports back to the same offers. Offers without a key cannot be
     exported (exit code 1)."""
-    service = service_for(ctx, mongo_uri, db)
+    service = service_for(ctx, db, mongo_uri)
     document = export_catalog(service.get_dao_factory().get_offer_dao())
     text = dumps_catalog(document, fmt or (format_of(file) if file else "yaml"))
     if file is None:
@@ -133,7 +133,7 @@ def example_command(file: Path | None) -> None:
 # -- balance and consume ---------------------------------------------------------------
 
 
-def _positive_count(ctx: click.Context, param: click.Parameter, value: str) -> int:
+def positive_count(ctx: click.Context, param: click.Parameter, value: str) -> int:
     try:
         number = int(value.strip())
     except ValueError:
@@ -143,7 +143,7 @@ def _positive_count(ctx: click.Context, param: click.Parameter, value: str) -> i
     return number
 
 
-def _credits_of(service: PaymentService, user: str) -> UserCredits:
+def credits_of(service: PaymentService, user: str) -> UserCredits:
     credits = service.load_user_credits(user)
     if credits is None:
         raise click.ClickException(
@@ -173,15 +173,15 @@ def balance(
     user: str,
     group: str | None,
     as_json: bool,
-    mongo_uri: str | None,
     db: str | None,
+    mongo_uri: str | None,
 ) -> None:
     """Show USER's token balance in each offer group, with its validity window.
 
     An unknown user is an error (exit code 1); a group the user does not have has a
     balance of 0."""
-    out = _output(ctx)
-    credits = _credits_of(service_for(ctx, mongo_uri, db), user)
+    out = output_for(ctx)
+    credits = credits_of(service_for(ctx, db, mongo_uri), user)
     offers = credits.offers
     if group is not None:
         found = credits.offer(group)
@@ -210,7 +210,7 @@ def balance(
 @click.command(epilog=USER_HELP, short_help="Consume tokens of a user's offer group.")
 @click.argument("user")
 @click.argument("group")
-@click.argument("count", callback=_positive_count)
+@click.argument("count", callback=positive_count)
 @click.option(
     "--allow-negative",
     is_flag=True,
@@ -231,16 +231,16 @@ def consume(
     count: int,
     allow_negative: bool,
     idempotency_key: str | None,
-    mongo_uri: str | None,
     db: str | None,
+    mongo_uri: str | None,
 ) -> None:
     """Consume COUNT tokens of USER's GROUP (a positive integer).
 
     Refused, with nothing changed (exit code 1), when the balance would go below
     zero, unless --allow-negative; an unknown user is an error (exit code 1)."""
-    out = _output(ctx)
-    service = service_for(ctx, mongo_uri, db)
-    _credits_of(service, user)
+    out = output_for(ctx)
+    service = service_for(ctx, db, mongo_uri)
+    credits_of(service, user)
     replay = idempotency_key is not None and (
         service.get_dao_factory()
         .get_token_timetable_dao()
@@ -315,16 +315,16 @@ def expire(
     warn_days: int | None,
     low: dict[str, int],
     as_json: bool,
-    mongo_uri: str | None,
     db: str | None,
+    mongo_uri: str | None,
 ) -> None:
     """Expire the orders whose window ended, for every user with credits (a cron job).
 
     Unused tokens of expired orders are removed, spent groups dropped, and warnings
     listed. Users are streamed, never all loaded. Exit code 1 when any user's check
     failed (the others are still processed)."""
-    out = _output(ctx)
-    service = service_for(ctx, mongo_uri, db)
+    out = output_for(ctx)
+    service = service_for(ctx, db, mongo_uri)
     warn_before = None if warn_days is None else timedelta(days=warn_days)
     with out.progress("Checking users", None) as advance:
         summary = expire_all(service, warn_before=warn_before, low=low or None, advance=advance)
@@ -390,13 +390,13 @@ def _report_failures(ctx: click.Context, failures: list[tuple[Any, str]]) -> Non
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @backend_options
 @click.pass_context
-def reconcile(ctx: click.Context, as_json: bool, mongo_uri: str | None, db: str | None) -> None:
+def reconcile(ctx: click.Context, as_json: bool, db: str | None, mongo_uri: str | None) -> None:
     """Complete every operation a crash or a failed database call interrupted (settlements,
     expiries, refunds), for every user with credits, and bring each group's cached balance up
     to its ledger. Safe to run at any time, as often as wanted. Exit code 1 when any user's
     run failed (the others are still processed)."""
-    out = _output(ctx)
-    service = service_for(ctx, mongo_uri, db)
+    out = output_for(ctx)
+    service = service_for(ctx, db, mongo_uri)
     with out.progress("Reconciling users", None) as advance:
         summary = reconcile_all(service, advance=advance)
     if as_json:
@@ -421,12 +421,12 @@ def reconcile(ctx: click.Context, as_json: bool, mongo_uri: str | None, db: str 
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @backend_options
 @click.pass_context
-def audit(ctx: click.Context, as_json: bool, mongo_uri: str | None, db: str | None) -> None:
+def audit(ctx: click.Context, as_json: bool, db: str | None, mongo_uri: str | None) -> None:
     """Check, for every user and offer group, that the balance read equals the sum of the
     group's ledger lines and the tokens its live grants hold minus its debt. Exit code 1 when
     a group disagrees or a user cannot be audited."""
-    out = _output(ctx)
-    service = service_for(ctx, mongo_uri, db)
+    out = output_for(ctx)
+    service = service_for(ctx, db, mongo_uri)
     with out.progress("Auditing users", None) as advance:
         summary = audit_all(service, advance=advance)
     if as_json:

@@ -24,6 +24,8 @@ _STATUS_STYLES = {
     "inconsistent": "red",
     "expired": "dim",
     "refunded": "magenta",
+    "live": "green",
+    "voided": "dim",
 }
 
 
@@ -40,6 +42,11 @@ def tokens(count: int) -> str:
     return f"{count:,}"
 
 
+def signed(count: int) -> str:
+    """A token movement with its sign and thousands separators."""
+    return f"{count:+,}"
+
+
 def money(amount: Decimal, currency: str | None) -> str:
     """An amount with its currency code."""
     return f"{amount} {(currency or '').upper()}".strip()
@@ -53,6 +60,12 @@ def when(moment: datetime | None, never: str = "never") -> str:
 def day(moment: datetime | None, never: str = "never") -> str:
     """A UTC date; ``never`` for None."""
     return never if moment is None else moment.strftime("%Y-%m-%d")
+
+
+def output_for(ctx: click.Context) -> Output:
+    """The output of a command, styled as ``--rich``/``--plain`` (before the command) asked."""
+    rich: bool | None = ctx.find_root().meta.get("usercredits.rich")
+    return Output(rich)
 
 
 class Output:
