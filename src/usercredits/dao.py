@@ -26,6 +26,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from usercredits.grants import Snapshot
 from usercredits.models import (
+    Customer,
     EntityId,
     Offer,
     Order,
@@ -33,6 +34,7 @@ from usercredits.models import (
     Status,
     TokenTimetable,
     UserId,
+    WebhookEventRecord,
 )
 from usercredits.windows import Window
 
@@ -109,10 +111,13 @@ class OrderDao(Reader[Order]):
         from_statuses: Collection[Status],
         changes: Mapping[str, Any],
         entry: OrderStatus | None = None,
+        *,
+        expected: Mapping[str, Any] | None = None,
     ) -> Order | None:
         """Atomically set ``changes`` and append ``entry`` to the history if the order's status is
-        one of ``from_statuses``; the updated order, or None when its status is another.
-        Raises EntityNotFoundError when there is no such order."""
+        one of ``from_statuses`` (and each field of ``expected`` has the value given); the
+        updated order, or None when not. Raises EntityNotFoundError when there is no such
+        order."""
 
     @abc.abstractmethod
     def find_by_payment_intent_id(self, payment_intent_id: str) -> Order | None:
@@ -124,11 +129,13 @@ class OrderDao(Reader[Order]):
 
     @abc.abstractmethod
     def find_due(self, user_id: UserId, now: datetime) -> list[Order]:
-        """The user's paid orders whose ``expires`` is at or before ``now``, soonest first."""
+        """The user's live orders (paid or partially refunded) whose ``expires`` is at or before
+        ``now``, soonest first."""
 
     @abc.abstractmethod
     def find_live(self, user_id: UserId, offer_group: str | None = None) -> list[Order]:
-        """The user's paid orders (root or child), of one group when given, in creation order."""
+        """The user's live orders (paid or partially refunded, root or child), of one group
+        when given, in creation order."""
 
     @abc.abstractmethod
     def find_in_progress(self, user_id: UserId) -> list[Order]:
@@ -226,6 +233,35 @@ class UserCreditsDao(abc.ABC):
         it was stored (False, storing nothing, when the account does not exist)."""
 
 
+class CustomerDao(Reader[Customer]):
+    """Customers of payment processors: at most one per (``processor``, ``user_id``) and one
+    per (``processor``, ``email``); ``create`` of a second raises DuplicateEntityError."""
+
+    @abc.abstractmethod
+    def find_by_user(self, processor: str, user_id: UserId) -> Customer | None:
+        """The user's customer at the processor, None when absent."""
+
+    @abc.abstractmethod
+    def find_by_email(self, processor: str, email: str) -> Customer | None:
+        """The processor's customer of this e-mail, None when absent."""
+
+
+class WebhookEventDao(Reader[WebhookEventRecord]):
+    """Gateway events as received, by the gateway's event id: ``create`` of an id already
+    stored raises DuplicateEntityError."""
+
+    @abc.abstractmethod
+    def finish(
+        self, event_id: str, *, handled: bool, message: str, order_id: EntityId = None
+    ) -> WebhookEventRecord | None:
+        """Record in one write how the event's processing ended; the record, None when absent."""
+
+    @abc.abstractmethod
+    def latest(self, limit: int, before: str | None = None) -> list[WebhookEventRecord]:
+        """At most ``limit`` (at least 1) records, the last received first, received before the
+        event ``before`` when given (an empty list when it is unknown)."""
+
+
 class DaoFactory(abc.ABC):
     """Hands out the DAOs of one backend."""
 
@@ -245,6 +281,14 @@ class DaoFactory(abc.ABC):
     def get_user_credits_dao(self) -> UserCreditsDao:
         """The DAO of users and their accounts."""
 
+    @abc.abstractmethod
+    def get_customer_dao(self) -> CustomerDao:
+        """The DAO of payment processors' customers."""
+
+    @abc.abstractmethod
+    def get_webhook_event_dao(self) -> WebhookEventDao:
+        """The DAO of received gateway events."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release the backend's resources (connections); the factory is unusable after."""
 
@@ -254,5 +298,7 @@ WRITES: Mapping[type, frozenset[str]] = {
     OrderDao: frozenset({"create", "transition"}),
     TokenTimetableDao: frozenset({"create"}),
     UserCreditsDao: frozenset({"register", "open_account", "save_snapshot", "save_window"}),
+    CustomerDao: frozenset({"create"}),
+    WebhookEventDao: frozenset({"create", "finish"}),
 }
 """The methods of each interface that write: the fault-injection suite makes them fail."""

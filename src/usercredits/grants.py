@@ -52,6 +52,8 @@ class LiveGrant(NamedTuple):
     starts: datetime | None
     expires: datetime | None
     seq: int
+    taken: int = 0
+    """What lines taking from this grant (partial refunds) took so far."""
 
     def burn_key(self) -> tuple[int, bool, datetime | None, int]:
         """Sorts grants in burn order."""
@@ -192,6 +194,7 @@ class Snapshot(NamedTuple):
                     starts=_parse(g["starts"]),
                     expires=_parse(g["expires"]),
                     seq=int(g["seq"]),
+                    taken=int(g.get("taken", 0)),
                 )
                 for g in data["grants"]
             ),
@@ -220,7 +223,9 @@ def _take(grants: list[LiveGrant], grant_id: str, wanted: int) -> int:
             if taken == grant.remaining:
                 del grants[index]
             else:
-                grants[index] = grant._replace(remaining=grant.remaining - taken)
+                grants[index] = grant._replace(
+                    remaining=grant.remaining - taken, taken=grant.taken + taken
+                )
             return wanted - taken
     return wanted
 

@@ -88,8 +88,12 @@ class ManualPaymentClient(PaymentClient):
     def handle_webhook(self, payload: bytes | str, signature: str | None) -> WebhookEvent:
         raise PaymentError("the manual payment client receives no webhooks")
 
-    def refund(self, order: Order) -> Order:
-        return self._with_entry(order, Status.REFUNDED, "Refunded by an operator", None)
+    def refund(self, order: Order, amount: Decimal | None = None) -> Order:
+        if amount is None:
+            return self._with_entry(order, Status.REFUNDED, "Refunded by an operator", None)
+        return self._with_entry(
+            order, Status.PARTIAL, f"{amount} {order.currency} refunded by an operator", None
+        )
 
     def check_user_balance(self, user_id: UserId) -> Decimal:
         return Decimal(0)

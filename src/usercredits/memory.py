@@ -22,16 +22,20 @@ from typing import Any, Generic, TypeVar
 from usercredits.dao import (
     ID_FIELDS,
     Account,
+    CustomerDao,
     DaoFactory,
     Filters,
     OfferDao,
     OrderDao,
     TokenTimetableDao,
     UserCreditsDao,
+    WebhookEventDao,
 )
 from usercredits.errors import DuplicateEntityError, EntityNotFoundError
 from usercredits.grants import Snapshot
 from usercredits.models import (
+    LIVE,
+    Customer,
     EntityId,
     Offer,
     Order,
@@ -39,6 +43,7 @@ from usercredits.models import (
     Status,
     TokenTimetable,
     UserId,
+    WebhookEventRecord,
 )
 from usercredits.windows import Window
 
@@ -260,14 +265,20 @@ class InMemoryOrderDao(_Reader[Order], OrderDao):
         from_statuses: Collection[Status],
         changes: Mapping[str, Any],
         entry: OrderStatus | None = None,
+        *,
+        expected: Mapping[str, Any] | None = None,
     ) -> Order | None:
         changes = {k: v for k, v in changes.items() if k != "payment_intent_secret"}
         _check_fields(Order, changes.keys())
+        _check_fields(Order, (expected or {}).keys())
         with self._lock:
             current = self._table.rows.get(str(order_id)) if order_id is not None else None
             if current is None:
                 raise EntityNotFoundError(f"no order with id {order_id!r}")
-            if current.status not in from_statuses:
+            if current.status not in from_statuses or not all(
+                _same(name, getattr(current, name), value)
+                for name, value in (expected or {}).items()
+            ):
                 return None
             history = list(current.history) + ([copy.deepcopy(entry)] if entry is not None else [])
             updated = dataclasses.replace(current, **copy.deepcopy(changes), history=history)
@@ -304,7 +315,7 @@ class InMemoryOrderDao(_Reader[Order], OrderDao):
     def find_due(self, user_id: UserId, now: datetime) -> list[Order]:
         due = self._of_user(
             user_id,
-            lambda o: o.status is Status.PAID and o.expires is not None and o.expires <= now,
+            lambda o: o.status in LIVE and o.expires is not None and o.expires <= now,
         )
         return sorted(due, key=lambda o: o.expires or now)
 
@@ -486,6 +497,70 @@ class InMemoryUserCreditsDao(UserCreditsDao):
             return True
 
 
+class InMemoryCustomerDao(_Reader[Customer], CustomerDao):
+    """Customers kept in memory, unique per processor and user, and per processor and e-mail."""
+
+    def create(self, entity: Customer) -> Customer:
+        with self._lock:
+            clash = self._by_user(entity.processor, entity.user_id) or self._by_email(
+                entity.processor, entity.email
+            )
+            if clash is not None:
+                raise DuplicateEntityError(
+                    f"{entity.processor} customer {clash.customer_id!r} exists already for user "
+                    f"{clash.user_id!r} / {clash.email!r}"
+                )
+            return self._table.insert(copy.deepcopy(entity))
+
+    def _by_user(self, processor: str, user_id: UserId) -> Customer | None:
+        keys = self._table.by_user.get(_user_key(user_id), [])
+        return next((c for k in keys if (c := self._table.rows[k]).processor == processor), None)
+
+    def _by_email(self, processor: str, email: str) -> Customer | None:
+        return next(
+            (c for c in self._table.rows.values() if c.processor == processor and c.email == email),
+            None,
+        )
+
+    def find_by_user(self, processor: str, user_id: UserId) -> Customer | None:
+        with self._lock:
+            return copy.deepcopy(self._by_user(processor, user_id))
+
+    def find_by_email(self, processor: str, email: str) -> Customer | None:
+        with self._lock:
+            return copy.deepcopy(self._by_email(processor, email))
+
+
+class InMemoryWebhookEventDao(_Reader[WebhookEventRecord], WebhookEventDao):
+    """Received gateway events kept in memory, by event id, in the order received."""
+
+    def create(self, entity: WebhookEventRecord) -> WebhookEventRecord:
+        with self._lock:
+            return self._table.insert(copy.deepcopy(entity))
+
+    def finish(
+        self, event_id: str, *, handled: bool, message: str, order_id: EntityId = None
+    ) -> WebhookEventRecord | None:
+        with self._lock:
+            current = self._table.rows.get(str(event_id))
+            if current is None:
+                return None
+            updated = dataclasses.replace(
+                current, handled=handled, message=message, order_id=order_id
+            )
+            self._table.rows[str(event_id)] = updated
+            return copy.deepcopy(updated)
+
+    def latest(self, limit: int, before: str | None = None) -> list[WebhookEventRecord]:
+        with self._lock:
+            keys = list(self._table.rows)
+            if before is not None:
+                if str(before) not in self._table.rows:
+                    return []
+                keys = keys[: keys.index(str(before))]
+            return [copy.deepcopy(self._table.rows[k]) for k in reversed(keys[-limit:])]
+
+
 class InMemoryDaoFactory(DaoFactory):
     """The embedded in-memory backend: thread-safe, process-local, nothing persisted."""
 
@@ -495,6 +570,10 @@ class InMemoryDaoFactory(DaoFactory):
         self._orders = InMemoryOrderDao(_Table(Order, self._lock, copy.deepcopy))
         self._ledger = InMemoryTokenTimetableDao(_Table(TokenTimetable, self._lock, _clone_line))
         self._credits = InMemoryUserCreditsDao(self._lock)
+        self._customers = InMemoryCustomerDao(_Table(Customer, self._lock, copy.deepcopy))
+        self._events = InMemoryWebhookEventDao(
+            _Table(WebhookEventRecord, self._lock, copy.deepcopy)
+        )
 
     def get_offer_dao(self) -> InMemoryOfferDao:
         return self._offers
@@ -507,3 +586,9 @@ class InMemoryDaoFactory(DaoFactory):
 
     def get_user_credits_dao(self) -> InMemoryUserCreditsDao:
         return self._credits
+
+    def get_customer_dao(self) -> InMemoryCustomerDao:
+        return self._customers
+
+    def get_webhook_event_dao(self) -> InMemoryWebhookEventDao:
+        return self._events

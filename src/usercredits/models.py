@@ -386,6 +386,8 @@ class Order(Model):
     """For a child order: the position of its item in the bundle order's ``combined_items``."""
     exclusive: bool = False
     """Set on free orders: a user holds at most one paid exclusive order of an offer."""
+    refunded_amount: Decimal = Decimal(0)
+    """How much of ``total`` has been refunded so far (partial refunds add up)."""
     in_progress: bool = False
     """True from a change of status until every effect of it (grants, revocations, child
     orders, windows) is applied; a retry of the call, the expiry routine or ``reconcile``
@@ -394,6 +396,7 @@ class Order(Model):
     def __post_init__(self) -> None:
         self.status = Status(self.status)
         self.cycle = Cycle(self.cycle)
+        self.refunded_amount = to_decimal(self.refunded_amount, "refunded_amount")
 
     # -- life cycle: which transitions the order allows ------------------------------------
 
@@ -427,6 +430,11 @@ class Order(Model):
                 order_id=self.id,
             )
 
+    @property
+    def refundable_amount(self) -> Decimal:
+        """What is left to refund of the order's total."""
+        return self.total - self.refunded_amount
+
     def check_refundable(self) -> None:
         """Raise InvalidPaymentError unless the order may be refunded: DUPLICATE_ATTEMPT for a
         refunded order, VALIDATION for a bundle item or an order never paid."""
@@ -449,7 +457,9 @@ class Order(Model):
 
 PAYABLE = frozenset({Status.PENDING, Status.REFUSED, Status.ERROR})
 """Statuses from which a payment may settle an order."""
-REFUNDABLE = frozenset({Status.PAID, Status.EXPIRED})
+LIVE = frozenset({Status.PAID, Status.PARTIAL})
+"""Statuses of an order whose window and tokens stand (partially refunded ones included)."""
+REFUNDABLE = frozenset({Status.PAID, Status.PARTIAL, Status.EXPIRED})
 """Statuses from which an order may be refunded."""
 OPEN = frozenset({Status.PENDING, Status.REFUSED, Status.ERROR, Status.INCONSISTENT})
 """Statuses of an order never paid: a refund reported by the gateway closes it as refunded."""
@@ -650,3 +660,31 @@ class AuditReport(Model):
     user_id: UserId = None
     ok: bool = True
     groups: list[GroupAudit] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class Customer(Model):
+    """A user's customer record at a payment processor (one per user and per e-mail)."""
+
+    id: EntityId = None
+    user_id: UserId = None
+    email: str = ""
+    processor: str = ""
+    customer_id: str = ""
+    created_at: datetime | None = None
+
+
+@dataclass(kw_only=True)
+class WebhookEventRecord(Model):
+    """A verified gateway event as received: stored once by its ``id`` (the gateway's)."""
+
+    id: str = ""
+    type: str = ""
+    created: datetime | None = None
+    """When the gateway created the event."""
+    received_at: datetime | None = None
+    payload: str | None = None
+    order_id: EntityId = None
+    handled: bool = False
+    """Whether its processing finished (applied, found applied already, or ignored)."""
+    message: str = ""

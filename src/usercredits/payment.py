@@ -5,8 +5,10 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
+from usercredits.errors import PaymentError
 from usercredits.models import EntityId, Model, Order, UserId
 
 
@@ -17,6 +19,10 @@ class WebhookEventKind(enum.StrEnum):
     PAYMENT_FAILED = "payment_failed"
     PAYMENT_CANCELED = "payment_canceled"
     REFUNDED = "refunded"
+    REFUND_FAILED = "refund_failed"
+    DISPUTE_OPENED = "dispute_opened"
+    DISPUTE_LOST = "dispute_lost"
+    DISPUTE_WON = "dispute_won"
     OTHER = "other"
 
 
@@ -30,6 +36,11 @@ class WebhookEvent(Model):
     payment_intent_id: str | None = None
     order_id: EntityId = None
     payload: str | None = None
+    amount: Decimal | None = None
+    """For a refund: the total refunded so far for the payment (None: all of it); for a
+    dispute: the disputed amount."""
+    created: datetime | None = None
+    """When the gateway created the event."""
 
 
 class PaymentClient(abc.ABC):
@@ -55,8 +66,14 @@ class PaymentClient(abc.ABC):
         """The verified event; PaymentError when the signature or payload is not valid."""
 
     @abc.abstractmethod
-    def refund(self, order: Order) -> Order:
-        """Refund the order's payment; a copy with status ``refunded`` and a history entry."""
+    def refund(self, order: Order, amount: Decimal | None = None) -> Order:
+        """Refund ``amount`` of the order's payment (None: all that is left); a copy with a
+        history entry. Retried for the same order and amount, it refunds nothing more."""
+
+    def parse_event(self, payload: bytes | str) -> WebhookEvent:
+        """The event of a payload verified when it was received (to replay a stored event);
+        PaymentError when this client cannot read it again."""
+        raise PaymentError(f"{type(self).__name__} cannot replay stored events")
 
     @abc.abstractmethod
     def check_user_balance(self, user_id: UserId) -> Decimal:

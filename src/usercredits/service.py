@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from usercredits.clock import Clock, system_clock
@@ -32,6 +33,7 @@ from usercredits.models import (
     TokenTimetable,
     UserCredits,
     UserId,
+    WebhookEventRecord,
     WebhookResult,
 )
 from usercredits.payment import PaymentClient
@@ -145,15 +147,32 @@ class PaymentService:
 
     # -- refunds and webhooks ----------------------------------------------------------
 
-    def refund(self, order_id: EntityId) -> Order:
-        """Refund a paid (or expired) order through the payment client, then mark it and its
-        bundle items ``refunded`` and take back the tokens they still hold."""
-        return refunds.refund(self._ctx, order_id)
+    def refund(self, order_id: EntityId, amount: Decimal | None = None) -> Order:
+        """Refund ``amount`` of a paid (or expired) order through the payment client (None: all
+        that is left of its total). A refund of all that is left marks the order and its
+        bundle items ``refunded`` and takes back the tokens they still hold; a part of it marks
+        the order ``partial`` and takes back that share of its tokens (floor(tokens x refunded
+        / total), less what earlier partial refunds took, never more than a grant holds).
+        Refunding more than what is left is an InvalidInputError, nothing changed."""
+        return refunds.refund(self._ctx, order_id, amount)
+
+    def replay_webhook(self, event_id: str) -> WebhookResult:
+        """Apply a stored gateway event again; idempotent."""
+        return refunds.replay_webhook(self._ctx, event_id)
+
+    def webhook_events(
+        self, *, limit: int = 50, before: str | None = None
+    ) -> list[WebhookEventRecord]:
+        """The gateway events received, the last first: at most ``limit`` (1 to 1000), received
+        before the event ``before`` when given."""
+        return views.webhook_events(self._ctx, limit, before)
 
     def handle_webhook(self, payload: bytes | str, signature: str | None) -> WebhookResult:
-        """Verify a gateway event and apply it once: a payment outcome settles its order, a
-        refund takes back the order's unused tokens. Replays change nothing; unknown types
-        are acknowledged and ignored; a bad signature raises PaymentError."""
+        """Verify a gateway event, store it once by its id and apply it: a payment outcome
+        settles its order, a refund (partial or full) or a lost dispute takes back the order's
+        tokens, an opened or won dispute and a failed refund are recorded in its history.
+        Duplicate deliveries change nothing; unknown types are stored, acknowledged and
+        ignored; a bad signature raises PaymentError and stores nothing."""
         return refunds.handle_webhook(self._ctx, payload, signature)
 
     # -- consumption -------------------------------------------------------------------

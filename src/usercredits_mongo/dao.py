@@ -31,17 +31,21 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from usercredits.dao import (
     Account,
+    CustomerDao,
     Filters,
     OfferDao,
     OrderDao,
     TokenTimetableDao,
     UserCreditsDao,
+    WebhookEventDao,
 )
 from usercredits.errors import DuplicateEntityError, EntityNotFoundError, StorageError
 from usercredits.grants import Snapshot
 from usercredits.models import (
+    LIVE,
     CombinedOffer,
     CombinedOrder,
+    Customer,
     EntityId,
     Offer,
     Order,
@@ -49,6 +53,7 @@ from usercredits.models import (
     Status,
     TokenTimetable,
     UserId,
+    WebhookEventRecord,
 )
 from usercredits.windows import Window
 from usercredits_mongo.codec import (
@@ -64,11 +69,13 @@ from usercredits_mongo.documents import (
     AccountDocument,
     CombinedOfferDocument,
     CombinedOrderDocument,
+    CustomerDocument,
     OfferDocument,
     OrderDocument,
     OrderStatusDocument,
     TokenTimetableDocument,
     UserCreditsDocument,
+    WebhookEventDocument,
     collection_name,
 )
 
@@ -95,6 +102,8 @@ ORDER_CODEC = EntityCodec(
     unstored={"payment_intent_secret"},
 )
 LEDGER_CODEC = EntityCodec(TokenTimetable, TokenTimetableDocument)
+CUSTOMER_CODEC = EntityCodec(Customer, CustomerDocument)
+EVENT_CODEC = EntityCodec(WebhookEventRecord, WebhookEventDocument)
 ACCOUNT_CODEC = AccountCodec(AccountDocument)
 
 
@@ -112,6 +121,8 @@ class MongoStore:
         self.ledger = self.collection(TokenTimetableDocument)
         self.users = self.collection(UserCreditsDocument)
         self.accounts = self.collection(AccountDocument)
+        self.customers = self.collection(CustomerDocument)
+        self.events = self.collection(WebhookEventDocument)
 
     def collection(self, document: type[Any]) -> MongoCollection[Raw]:
         """The collection of a document class in this database."""
@@ -304,6 +315,9 @@ class MongoOfferDao(_MongoReader[Offer], OfferDao):
         return self._select({"unlocked_by": {"$in": groups}})
 
 
+_LIVE = sorted(status.value for status in LIVE)
+
+
 class MongoOrderDao(_MongoReader[Order], OrderDao):
     """Orders in ``usercredits_orders``; state changes are conditional ``find_one_and_update``
     calls. Partial unique indexes keep one child order per bundle item and one paid exclusive
@@ -340,6 +354,8 @@ class MongoOrderDao(_MongoReader[Order], OrderDao):
         from_statuses: Collection[Status],
         changes: Mapping[str, Any],
         entry: OrderStatus | None = None,
+        *,
+        expected: Mapping[str, Any] | None = None,
     ) -> Order | None:
         settable = {
             k: v for k, v in changes.items() if k not in ("payment_intent_secret", "history")
@@ -356,6 +372,8 @@ class MongoOrderDao(_MongoReader[Order], OrderDao):
             raise EntityNotFoundError(f"no order with id {order_id!r}")
         oid = object_id(order_id)
         condition = {"_id": oid, "status": {"$in": [Status(s).value for s in from_statuses]}}
+        for name, value in (expected or {}).items():
+            condition[name] = self._codec.encode_value(name, value)
         if update:
             try:
                 raw = self._collection.find_one_and_update(
@@ -394,7 +412,7 @@ class MongoOrderDao(_MongoReader[Order], OrderDao):
         cursor = self._collection.find(
             {
                 "user_id": encode_user(user_id),
-                "status": Status.PAID.value,
+                "status": {"$in": _LIVE},
                 "expires": {"$lte": store_datetime(now)},
             },
             sort=[("expires", ASCENDING), ("_id", ASCENDING)],
@@ -403,7 +421,7 @@ class MongoOrderDao(_MongoReader[Order], OrderDao):
 
     @_guarded
     def find_live(self, user_id: UserId, offer_group: str | None = None) -> list[Order]:
-        query: Raw = {"user_id": encode_user(user_id), "status": Status.PAID.value}
+        query: Raw = {"user_id": encode_user(user_id), "status": {"$in": _LIVE}}
         if offer_group is not None:
             query["offer_group"] = offer_group
         return self._select(query)
@@ -618,3 +636,75 @@ class MongoUserCreditsDao(UserCreditsDao):
             _encodable({"$set": ACCOUNT_CODEC.window_fields(window)}),
         )
         return result.matched_count == 1
+
+
+class MongoCustomerDao(_MongoReader[Customer], CustomerDao):
+    """Customers in ``usercredits_customers``; unique indexes keep one per (processor, user)
+    and per (processor, e-mail)."""
+
+    _codec = CUSTOMER_CODEC
+
+    def __init__(self, store: MongoStore):
+        super().__init__(store, store.customers)
+
+    def _duplicate(self, entity: Customer, error: DuplicateKeyError) -> DuplicateEntityError:
+        return DuplicateEntityError(
+            f"a {entity.processor} customer exists already for user {entity.user_id!r} or "
+            f"e-mail {entity.email!r}"
+        )
+
+    @_guarded
+    def find_by_user(self, processor: str, user_id: UserId) -> Customer | None:
+        return self._decode(
+            self._collection.find_one({"processor": processor, "user_id": encode_user(user_id)})
+        )
+
+    @_guarded
+    def find_by_email(self, processor: str, email: str) -> Customer | None:
+        return self._decode(self._collection.find_one({"processor": processor, "email": email}))
+
+
+class MongoWebhookEventDao(_MongoReader[WebhookEventRecord], WebhookEventDao):
+    """Received gateway events in ``usercredits_webhook_events``, by the gateway's event id
+    (the ``_id``, so a second delivery cannot be stored twice)."""
+
+    _codec = EVENT_CODEC
+
+    def __init__(self, store: MongoStore):
+        super().__init__(store, store.events)
+
+    def _duplicate(
+        self, entity: WebhookEventRecord, error: DuplicateKeyError
+    ) -> DuplicateEntityError:
+        return DuplicateEntityError(f"gateway event {entity.id!r} is stored already")
+
+    @_guarded
+    def finish(
+        self, event_id: str, *, handled: bool, message: str, order_id: EntityId = None
+    ) -> WebhookEventRecord | None:
+        update = self._codec.encode_changes(
+            {"handled": handled, "message": message, "order_id": order_id}
+        )
+        return self._decode(
+            self._collection.find_one_and_update(
+                {"_id": event_id}, update, return_document=ReturnDocument.AFTER
+            )
+        )
+
+    @_guarded
+    def latest(self, limit: int, before: str | None = None) -> list[WebhookEventRecord]:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r}")
+        query: Raw = {}
+        if before is not None:
+            cursor_event = self._collection.find_one({"_id": before}, {"received_at": 1})
+            if cursor_event is None:
+                return []
+            at = cursor_event.get("received_at")
+            query = {
+                "$or": [{"received_at": {"$lt": at}}, {"received_at": at, "_id": {"$lt": before}}]
+            }
+        cursor = self._collection.find(
+            query, sort=[("received_at", DESCENDING), ("_id", DESCENDING)]
+        ).limit(limit)
+        return [self._codec.decode(raw) for raw in cursor]

@@ -126,6 +126,7 @@ class OrderDocument(me.Document):  # type: ignore[misc]
     priority = me.IntField()
     item_index = me.IntField()
     exclusive = me.BooleanField()
+    refunded_amount = me.Decimal128Field()
     in_progress = me.BooleanField()
 
 
@@ -179,6 +180,35 @@ class AccountDocument(me.Document):  # type: ignore[misc]
     snapshot = me.DictField()
     window_version = me.IntField(required=True)
     window = me.DictField()
+
+
+class CustomerDocument(me.Document):  # type: ignore[misc]
+    """A user's customer at a payment processor: one per (processor, user) and per
+    (processor, e-mail)."""
+
+    meta = {**_META, "collection": "usercredits_customers"}
+
+    id = me.DynamicField(primary_key=True)
+    user_id = me.DynamicField()
+    email = me.StringField()
+    processor = me.StringField()
+    customer_id = me.StringField()
+    created_at = me.DateTimeField()
+
+
+class WebhookEventDocument(me.Document):  # type: ignore[misc]
+    """A verified gateway event as received; its ``_id`` is the gateway's event id."""
+
+    meta = {**_META, "collection": "usercredits_webhook_events"}
+
+    id = me.StringField(primary_key=True)
+    type = me.StringField()
+    created = me.DateTimeField()
+    received_at = me.DateTimeField()
+    payload = me.StringField()
+    order_id = me.DynamicField()
+    handled = me.BooleanField()
+    message = me.StringField()
 
 
 def collection_name(document: type[Any]) -> str:
@@ -262,6 +292,13 @@ INDEXES: dict[type[Any], list[Index]] = {
     ],
     AccountDocument: [
         Index("account_user_group_unique", _asc("user_id", "offer_group"), unique=True),
+    ],
+    CustomerDocument: [
+        Index("customer_processor_user_unique", _asc("processor", "user_id"), unique=True),
+        Index("customer_processor_email_unique", _asc("processor", "email"), unique=True),
+    ],
+    WebhookEventDocument: [
+        Index("webhook_event_received", _asc("received_at", "_id")),
     ],
 }
 """Every index, per document class: one for each query the DAOs make."""

@@ -17,11 +17,13 @@ from pymongo.errors import PyMongoError
 from usercredits.dao import DaoFactory
 from usercredits.errors import StorageError
 from usercredits_mongo.dao import (
+    MongoCustomerDao,
     MongoOfferDao,
     MongoOrderDao,
     MongoStore,
     MongoTokenTimetableDao,
     MongoUserCreditsDao,
+    MongoWebhookEventDao,
 )
 
 MONGOMOCK_SCHEME = "mongomock://"
@@ -87,6 +89,8 @@ class MongoDaoFactory(DaoFactory):
         self._orders = MongoOrderDao(self._store)
         self._ledger = MongoTokenTimetableDao(self._store)
         self._credits = MongoUserCreditsDao(self._store)
+        self._customers = MongoCustomerDao(self._store)
+        self._events = MongoWebhookEventDao(self._store)
 
     @classmethod
     def from_uri(cls, uri: str, db_name: str | None = None) -> Self:
@@ -132,6 +136,12 @@ class MongoDaoFactory(DaoFactory):
 
     def get_user_credits_dao(self) -> MongoUserCreditsDao:
         return self._credits
+
+    def get_customer_dao(self) -> MongoCustomerDao:
+        return self._customers
+
+    def get_webhook_event_dao(self) -> MongoWebhookEventDao:
+        return self._events
 
     def close(self) -> None:
         """End the connection this factory opened (a connection passed in is left open)."""

@@ -7,20 +7,24 @@ for applications that manage their schema with their own migrations.
 """
 
 from usercredits_sql.dao import (
+    SqlCustomerDao,
     SqlOfferDao,
     SqlOrderDao,
     SqlTokenTimetableDao,
     SqlUserCreditsDao,
+    SqlWebhookEventDao,
 )
 from usercredits_sql.factory import SqlDaoFactory, open_dao_factory
 from usercredits_sql.schema import metadata
 
 __all__ = [
+    "SqlCustomerDao",
     "SqlDaoFactory",
     "SqlOfferDao",
     "SqlOrderDao",
     "SqlTokenTimetableDao",
     "SqlUserCreditsDao",
+    "SqlWebhookEventDao",
     "metadata",
     "open_dao_factory",
 ]

@@ -24,6 +24,7 @@ from usercredits.errors import InvalidInputError, StorageError
 from usercredits.models import (
     CombinedOffer,
     CombinedOrder,
+    Customer,
     Cycle,
     LedgerReason,
     Offer,
@@ -32,6 +33,7 @@ from usercredits.models import (
     OrderStatus,
     Status,
     TokenTimetable,
+    WebhookEventRecord,
 )
 from usercredits_sql import schema
 
@@ -121,7 +123,7 @@ def dumps(data: Any) -> str:
 
 def _json_ref(value: Any) -> Any:
     """A reference kept in JSON as given (an int or a str; another id type as its text)."""
-    if value is None or isinstance(value, int | str) and not isinstance(value, bool):
+    if value is None or (isinstance(value, int | str) and not isinstance(value, bool)):
         return value
     return str(value)
 
@@ -218,7 +220,10 @@ class Field:
 
 
 def _int_field(name: str) -> Field:
-    return Field(name, name, encode=lambda v, _n=name: int64(v, _n))
+    def encode(value: Any) -> int | None:
+        return int64(value, name)
+
+    return Field(name, name, encode=encode)
 
 
 def _enum_field(name: str, kind: type[enum.StrEnum]) -> Field:
@@ -239,12 +244,21 @@ class EntityCodec(Generic[M]):
     other stored fields map to columns; a model field in neither is never stored (read as
     its default)."""
 
-    def __init__(self, model: type[M], table: sa.Table, fields: Sequence[Field]):
+    def __init__(
+        self,
+        model: type[M],
+        table: sa.Table,
+        fields: Sequence[Field],
+        *,
+        unstored: Collection[str] = (),
+    ):
         self.model = model
         self.table = table
         self.fields = {f.name: f for f in fields}
         self.model_fields = frozenset(f.name for f in dataclasses.fields(model))  # type: ignore[arg-type]
         self.has_user = "user_type" in table.c
+        self.unmapped = self.model_fields - {"id", "user_id", *self.fields, *unstored}
+        """Model fields neither stored nor declared unstored (none, unless the model grew)."""
 
     def check_fields(self, names: Collection[str]) -> None:
         """Raise ValueError naming the fields the model does not have."""
@@ -413,8 +427,10 @@ def order_codec(exact_money: bool) -> EntityCodec[Order]:
             _int_field("priority"),
             _int_field("item_index"),
             Field("exclusive", "exclusive"),
+            _money_field("refunded_amount", exact_in_sql=exact_money),
             Field("in_progress", "in_progress"),
         ],
+        unstored={"payment_intent_secret"},
     )
 
 
@@ -438,5 +454,36 @@ def line_codec() -> EntityCodec[TokenTimetable]:
             Field("note", "note"),
             Field("hold_id", "hold_id"),
             _int_field("held"),
+        ],
+    )
+
+
+def customer_codec() -> EntityCodec[Customer]:
+    """The codec of payment processors' customers."""
+    return EntityCodec(
+        Customer,
+        schema.customers,
+        [
+            Field("email", "email"),
+            Field("processor", "processor"),
+            Field("customer_id", "customer_id"),
+            Field("created_at", "created_at"),
+        ],
+    )
+
+
+def webhook_event_codec() -> EntityCodec[WebhookEventRecord]:
+    """The codec of received gateway events."""
+    return EntityCodec(
+        WebhookEventRecord,
+        schema.webhook_events,
+        [
+            Field("type", "type"),
+            Field("created", "created"),
+            Field("received_at", "received_at"),
+            Field("payload", "payload"),
+            _ref_field("order_id"),
+            Field("handled", "handled"),
+            Field("message", "message"),
         ],
     )

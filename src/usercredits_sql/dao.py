@@ -24,15 +24,19 @@ from sqlalchemy.engine import Connection, Row
 
 from usercredits.dao import (
     Account,
+    CustomerDao,
     Filters,
     OfferDao,
     OrderDao,
     TokenTimetableDao,
     UserCreditsDao,
+    WebhookEventDao,
 )
 from usercredits.errors import DuplicateEntityError, EntityNotFoundError
 from usercredits.grants import Snapshot
 from usercredits.models import (
+    LIVE,
+    Customer,
     EntityId,
     Offer,
     Order,
@@ -40,27 +44,32 @@ from usercredits.models import (
     Status,
     TokenTimetable,
     UserId,
+    WebhookEventRecord,
 )
 from usercredits.windows import Window
 from usercredits_sql import schema
 from usercredits_sql.codec import (
     EntityCodec,
     NoMatch,
+    customer_codec,
     decode_user,
     dumps,
     encode_ref,
     encode_user,
     int64,
-    new_id,
     line_codec,
+    new_id,
     offer_codec,
     order_codec,
     status_data,
     user_matches,
+    webhook_event_codec,
 )
 from usercredits_sql.store import SqlStore
 
 E = TypeVar("E")
+
+LIVE_STATUSES = sorted(status.value for status in LIVE)
 
 
 def _insert(store: SqlStore, table: sa.Table) -> Any:
@@ -272,6 +281,8 @@ class SqlOrderDao(_SqlReader[Order], OrderDao):
         from_statuses: Collection[Status],
         changes: Mapping[str, Any],
         entry: OrderStatus | None = None,
+        *,
+        expected: Mapping[str, Any] | None = None,
     ) -> Order | None:
         changes = {k: v for k, v in changes.items() if k != "payment_intent_secret"}
         if entry is not None and "history" in changes:
@@ -279,24 +290,46 @@ class SqlOrderDao(_SqlReader[Order], OrderDao):
             entry = None
         values = self._codec.changes(changes)
         statuses = [Status(s).value for s in from_statuses]
+        table = self._table
+        try:
+            conditions, remaining = self._codec.where(expected)
+        except NoMatch:
+            conditions, remaining = [sa.false()], {}
         key = encode_ref(order_id)
         if key is None:
             raise EntityNotFoundError(f"no order with id {order_id!r}")
-        table = self._table
         if entry is not None:
             values["history"] = self._appended(entry)
-        where = (table.c.id == key, table.c.status.in_(statuses))
-        with self._store.connect(f"changing order {order_id!r}") as connection:
-            if values:
-                statement: Any = sa.update(table).where(*where).values(**values)
-                row = connection.execute(statement.returning(*table.c)).first()
-            else:
-                row = connection.execute(sa.select(table).where(*where)).first()
-            if row is None:
-                exists = connection.execute(sa.select(table.c.pk).where(table.c.id == key))
-                if exists.first() is None:
+        where = [table.c.id == key, table.c.status.in_(statuses), *conditions]
+        if remaining:
+            # Values the database cannot compare as the model does (exact money on SQLite):
+            # compared on the row read in the same transaction, which holds it locked.
+            with self._store.transaction(f"changing order {order_id!r}") as connection:
+                row = connection.execute(
+                    sa.select(table).where(table.c.id == key).with_for_update()
+                ).first()
+                if row is None:
                     raise EntityNotFoundError(f"no order with id {order_id!r}")
-                return None
+                if not self._codec.matches(self._codec.decode(row), remaining):
+                    return None
+                return self._change(connection, where, values, order_id)
+        with self._store.connect(f"changing order {order_id!r}") as connection:
+            return self._change(connection, where, values, order_id)
+
+    def _change(
+        self, connection: Connection, where: list[Any], values: dict[str, Any], order_id: Any
+    ) -> Order | None:
+        table = self._table
+        if values:
+            statement: Any = sa.update(table).where(*where).values(**values)
+            row = connection.execute(statement.returning(*table.c)).first()
+        else:
+            row = connection.execute(sa.select(table).where(*where)).first()
+        if row is None:
+            exists = connection.execute(sa.select(table.c.pk).where(where[0])).first()
+            if exists is None:
+                raise EntityNotFoundError(f"no order with id {order_id!r}")
+            return None
         return self._codec.decode(row)
 
     def find_by_payment_intent_id(self, payment_intent_id: str) -> Order | None:
@@ -313,9 +346,10 @@ class SqlOrderDao(_SqlReader[Order], OrderDao):
 
     def find_child(self, parent_id: EntityId, item_index: int) -> Order | None:
         table = self._table
+        position = schema.CHILD_INDEX
         statement = sa.select(table).where(
             table.c.parent_id == encode_ref(parent_id),
-            schema.CHILD_INDEX == int64(item_index, "item_index"),
+            position == int64(item_index, "item_index"),
         )
         with self._store.connect(f"finding item {item_index} of order {parent_id!r}") as conn:
             row = conn.execute(statement).first()
@@ -336,7 +370,7 @@ class SqlOrderDao(_SqlReader[Order], OrderDao):
         table = self._table
         return self._of_user(
             user_id,
-            table.c.status == Status.PAID.value,
+            table.c.status.in_(LIVE_STATUSES),
             table.c.expires.is_not(None),
             table.c.expires <= now,
             order_by=(table.c.expires,),
@@ -344,7 +378,7 @@ class SqlOrderDao(_SqlReader[Order], OrderDao):
 
     def find_live(self, user_id: UserId, offer_group: str | None = None) -> list[Order]:
         table = self._table
-        conditions = [table.c.status == Status.PAID.value]
+        conditions: list[Any] = [table.c.status.in_(LIVE_STATUSES)]
         if offer_group is not None:
             conditions.append(table.c.offer_group == offer_group)
         return self._of_user(user_id, *conditions)
@@ -414,7 +448,7 @@ class SqlTokenTimetableDao(_SqlReader[TokenTimetable], TokenTimetableDao):
         with self._store.connect("finding a ledger line by key") as connection:
             found = self._decode_all(connection.execute(statement).all())
         by_idempotency = [line for line in found if line.idempotency_key == idempotency_key]
-        return (by_idempotency or found or [None])[0]
+        return next(iter(by_idempotency or found), None)
 
     def history(
         self,
@@ -604,3 +638,76 @@ class SqlUserCreditsDao(UserCreditsDao):
         )
         with self._store.connect(f"saving the window of {offer_group!r}") as connection:
             return bool(connection.execute(statement).rowcount)
+
+
+class SqlCustomerDao(_SqlReader[Customer], CustomerDao):
+    """Customers of payment processors, unique per (processor, user) and per (processor,
+    e-mail): two unique constraints."""
+
+    def __init__(self, store: SqlStore):
+        super().__init__(store, customer_codec())
+
+    def create(self, entity: Customer) -> Customer:
+        values = self._codec.values(entity)
+        try:
+            with self._store.connect("creating a customer") as connection:
+                return self._codec.decode(self._insert_returning(connection, values))
+        except DuplicateEntityError as e:
+            raise DuplicateEntityError(
+                f"a {entity.processor} customer exists already for user {entity.user_id!r} or "
+                f"e-mail {entity.email!r}"
+            ) from e
+
+    def _find(self, *conditions: Any) -> Customer | None:
+        statement = sa.select(self._table).where(*conditions).order_by(self._table.c.pk).limit(1)
+        with self._store.connect("finding a customer") as connection:
+            row = connection.execute(statement).first()
+        return None if row is None else self._codec.decode(row)
+
+    def find_by_user(self, processor: str, user_id: UserId) -> Customer | None:
+        try:
+            user = user_matches(self._table, user_id)
+        except NoMatch:
+            return None
+        return self._find(self._table.c.processor == processor, user)
+
+    def find_by_email(self, processor: str, email: str) -> Customer | None:
+        return self._find(self._table.c.processor == processor, self._table.c.email == email)
+
+
+class SqlWebhookEventDao(_SqlReader[WebhookEventRecord], WebhookEventDao):
+    """Received gateway events, one per event id (a unique constraint), in the order received."""
+
+    def __init__(self, store: SqlStore):
+        super().__init__(store, webhook_event_codec())
+
+    def create(self, entity: WebhookEventRecord) -> WebhookEventRecord:
+        values = self._codec.values(entity)
+        try:
+            with self._store.connect(f"recording event {entity.id!r}") as connection:
+                return self._codec.decode(self._insert_returning(connection, values))
+        except DuplicateEntityError as e:
+            raise DuplicateEntityError(f"event {entity.id!r} is recorded already") from e
+
+    def finish(
+        self, event_id: str, *, handled: bool, message: str, order_id: EntityId = None
+    ) -> WebhookEventRecord | None:
+        table = self._table
+        statement = (
+            sa.update(table)
+            .where(table.c.id == str(event_id))
+            .values(handled=bool(handled), message=message, order_id=encode_ref(order_id))
+            .returning(*table.c)
+        )
+        with self._store.connect(f"finishing event {event_id!r}") as connection:
+            row = connection.execute(statement).first()
+        return None if row is None else self._codec.decode(row)
+
+    def latest(self, limit: int, before: str | None = None) -> list[WebhookEventRecord]:
+        table = self._table
+        statement = sa.select(table).order_by(table.c.pk.desc()).limit(max(1, int(limit)))
+        if before is not None:
+            cursor = sa.select(table.c.pk).where(table.c.id == str(before)).scalar_subquery()
+            statement = statement.where(table.c.pk < cursor)
+        with self._store.connect("listing events") as connection:
+            return self._decode_all(connection.execute(statement).all())

@@ -8,10 +8,12 @@ from sqlalchemy.engine import URL
 
 from usercredits.dao import DaoFactory
 from usercredits_sql.dao import (
+    SqlCustomerDao,
     SqlOfferDao,
     SqlOrderDao,
     SqlTokenTimetableDao,
     SqlUserCreditsDao,
+    SqlWebhookEventDao,
 )
 from usercredits_sql.schema import metadata
 from usercredits_sql.store import SqlStore, create_engine
@@ -30,6 +32,8 @@ class SqlDaoFactory(DaoFactory):
         self._orders = SqlOrderDao(store)
         self._ledger = SqlTokenTimetableDao(store)
         self._credits = SqlUserCreditsDao(store)
+        self._customers = SqlCustomerDao(store)
+        self._events = SqlWebhookEventDao(store)
 
     @classmethod
     def from_url(cls, url: str | URL, *, create_schema: bool = True) -> Self:
@@ -68,6 +72,12 @@ class SqlDaoFactory(DaoFactory):
 
     def get_user_credits_dao(self) -> SqlUserCreditsDao:
         return self._credits
+
+    def get_customer_dao(self) -> SqlCustomerDao:
+        return self._customers
+
+    def get_webhook_event_dao(self) -> SqlWebhookEventDao:
+        return self._events
 
     def close(self) -> None:
         """Close the engine's connections (an in-memory database is gone with them)."""

@@ -7,9 +7,12 @@ storage contract relies on are constraints of the database:
 * ``usercredits_ledger``: one line per (user, offer group, ``seq``) -- the commit point of
   every change of an account -- and one per (user, ``idempotency_key``) and per (user,
   ``operation_key``) when the key is set;
-* ``usercredits_orders``: one child order per (``parent_id``, ``item_index``);
+* ``usercredits_orders``: one child order per (``parent_id``, ``item_index``), and one paid
+  ``exclusive`` order per (user, ``offer_id``);
 * ``usercredits_users``: one row per user; ``usercredits_accounts``: one per (user, group);
-* ``usercredits_offers``: one offer per catalogue ``key``.
+* ``usercredits_offers``: one offer per catalogue ``key``;
+* ``usercredits_customers``: one per (processor, user) and one per (processor, e-mail);
+* ``usercredits_webhook_events``: one per gateway event id.
 
 A user id is stored as a type tag (``user_type``: ``str``, ``int`` or ``uuid``) next to its
 text form (``user_id``), so that ``1`` and ``"1"`` are different users. Entity ids are
@@ -59,9 +62,8 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if not isinstance(value, datetime):
-            value = datetime.fromisoformat(str(value))
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class Money(sa.types.TypeDecorator[Decimal]):
@@ -136,9 +138,7 @@ offers = sa.Table(
 offer_tags = sa.Table(
     "usercredits_offer_tags",
     metadata,
-    sa.Column(
-        "offer_pk", Key, sa.ForeignKey(offers.c.pk, ondelete="CASCADE"), primary_key=True
-    ),
+    sa.Column("offer_pk", Key, sa.ForeignKey(offers.c.pk, ondelete="CASCADE"), primary_key=True),
     sa.Column("tag", sa.Text, primary_key=True),
 )
 """The distinct tags of each offer, for the storefront's query on environment tags."""
@@ -146,9 +146,7 @@ offer_tags = sa.Table(
 offer_unlocks = sa.Table(
     "usercredits_offer_unlocks",
     metadata,
-    sa.Column(
-        "offer_pk", Key, sa.ForeignKey(offers.c.pk, ondelete="CASCADE"), primary_key=True
-    ),
+    sa.Column("offer_pk", Key, sa.ForeignKey(offers.c.pk, ondelete="CASCADE"), primary_key=True),
     sa.Column("offer_group", sa.Text, primary_key=True),
     sa.Index(None, "offer_group"),
 )
@@ -183,6 +181,7 @@ orders = sa.Table(
     sa.Column("append_date", sa.Boolean, nullable=False),
     sa.Column("priority", sa.BigInteger, nullable=False),
     sa.Column("exclusive", sa.Boolean, nullable=False),
+    sa.Column("refunded_amount", Money, nullable=False),
     sa.Column("in_progress", sa.Boolean, nullable=False),
     sqlite_autoincrement=True,
 )
@@ -285,3 +284,33 @@ accounts = sa.Table(
 """One row per (user, offer group): the snapshot (the fold of the account's ledger lines up
 to ``seq``) and the validity window (at ``window_version``), each changed by
 compare-and-set on its integer column."""
+
+customers = sa.Table(
+    "usercredits_customers",
+    metadata,
+    *_id_columns(),
+    *_user_columns(),
+    sa.Column("email", sa.Text, nullable=False),
+    sa.Column("processor", sa.Text, nullable=False),
+    sa.Column("customer_id", sa.Text, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=True),
+    sa.UniqueConstraint("processor", "user_type", "user_id"),
+    sa.UniqueConstraint("processor", "email"),
+    sqlite_autoincrement=True,
+)
+"""Customers of payment processors."""
+
+webhook_events = sa.Table(
+    "usercredits_webhook_events",
+    metadata,
+    *_id_columns(),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("created", UtcDateTime, nullable=True),
+    sa.Column("received_at", UtcDateTime, nullable=True),
+    sa.Column("payload", sa.Text, nullable=True),
+    sa.Column("order_id", sa.Text, nullable=True),
+    sa.Column("handled", sa.Boolean, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sqlite_autoincrement=True,
+)
+"""Gateway events as received, by the gateway's event id (``id``), in the order received."""

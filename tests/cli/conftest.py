@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,6 +39,23 @@ def mongo_backend_available() -> bool:
 needs_mongo = pytest.mark.skipif(
     not mongo_backend_available(), reason="usercredits_mongo.MongoDaoFactory is not available"
 )
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every command line test runs in an empty working directory (where the default SQLite
+    file would be created), without the backend variables of the caller's environment."""
+    for name in ("USERCREDITS_DB", "USERCREDITS_MONGO_URI", "USERCREDITS_MONGO_DB"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def sql_backend() -> None:
+    """Skip the test when the SQL backend (the ``sql`` extra) cannot be imported."""
+    pytest.importorskip(
+        "usercredits_sql", reason="the SQL backend is not installed: pip install 'usercredits[sql]'"
+    )
 
 
 @pytest.fixture

@@ -32,7 +32,15 @@ from usercredits import (
     Status,
     TokenTimetable,
 )
-from usercredits.dao import DaoFactory, OfferDao, OrderDao, TokenTimetableDao, UserCreditsDao
+from usercredits.dao import (
+    CustomerDao,
+    DaoFactory,
+    OfferDao,
+    OrderDao,
+    TokenTimetableDao,
+    UserCreditsDao,
+    WebhookEventDao,
+)
 
 START = datetime(2025, 1, 15, 9, 30, tzinfo=UTC)
 WAIT = 10.0
@@ -112,6 +120,12 @@ class HookedDaoFactory(DaoFactory):
 
     def get_user_credits_dao(self) -> UserCreditsDao:
         return cast(UserCreditsDao, self.credits)
+
+    def get_customer_dao(self) -> CustomerDao:
+        return self.inner.get_customer_dao()
+
+    def get_webhook_event_dao(self) -> WebhookEventDao:
+        return self.inner.get_webhook_event_dao()
 
 
 def in_thread(call: Callable[[], Any], name: str = "racer") -> Callable[[], Any]:

@@ -62,6 +62,8 @@ COLLECTIONS = {
     "usercredits_token_timetable",
     "usercredits_user_credits",
     "usercredits_accounts",
+    "usercredits_customers",
+    "usercredits_webhook_events",
 }
 
 
@@ -240,7 +242,7 @@ def test_an_unknown_alias_raises_storage_error() -> None:
 # -- schema and indexes --------------------------------------------------------------------
 
 
-def test_start_up_creates_the_five_collections_and_no_other(factory: MongoDaoFactory) -> None:
+def test_start_up_creates_the_seven_collections_and_no_other(factory: MongoDaoFactory) -> None:
     assert set(factory.database.list_collection_names()) == COLLECTIONS
 
 

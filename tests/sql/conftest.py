@@ -47,6 +47,8 @@ SETTINGS = {
     "max_connections": "300",
 }
 HBA = "local all all trust\nhost all all 127.0.0.1/32 trust\n"
+STOP_OPTIONS = ("-m", "immediate", "-w", "-t", "30", "stop")
+INITDB_OPTIONS = "-U postgres -A trust -E UTF8 --locale=C --no-sync"
 
 
 class ThrowawaySqlDaoFactory(SqlDaoFactory):
@@ -204,10 +206,7 @@ class Cluster:
         return done.stdout
 
     def start(self) -> URL:
-        self._run(
-            "initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-            "--locale=C", "--no-sync",
-        )
+        self._run("initdb", "-D", str(self.data), *INITDB_OPTIONS.split())
         (self.data / "pg_hba.conf").write_text(HBA)
         for attempt in range(3):
             self.port = _free_port()
@@ -215,8 +214,8 @@ class Cluster:
             options += f" -p {self.port} -c unix_socket_directories={self.base}"
             try:
                 self._run(
-                    "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
-                    "-w", "-t", str(int(START_SECONDS)), "start",
+                    *("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options),
+                    *("-w", "-t", str(int(START_SECONDS)), "start"),
                     timeout=START_SECONDS + 30,
                 )
             except RuntimeError:
@@ -233,7 +232,7 @@ class Cluster:
         deadline = time.monotonic() + START_SECONDS
         while True:
             ready = subprocess.run(
-                [str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-t", "2"],
+                [str(self.bin / "pg_isready"), *f"-U postgres -h 127.0.0.1 -p {self.port}".split()],
                 capture_output=True,
                 timeout=30,
                 check=False,
@@ -247,7 +246,9 @@ class Cluster:
     def stop(self) -> None:
         if self.data.exists():
             with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "30", "stop")
+                self._run(
+                    "pg_ctl", "-D", str(self.data), *["-m", "immediate", "-w", "-t", "30", "stop"]
+                )
 
     def remove(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)

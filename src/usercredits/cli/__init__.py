@@ -32,6 +32,7 @@ from usercredits.cli.demo import DEMO_START, run_demo
 from usercredits.cli.output import Output
 from usercredits.clock import FrozenClock
 from usercredits.containers import UserCreditsContainer
+from usercredits.dao import DaoFactory
 from usercredits.errors import UserCreditsError
 from usercredits.manual import ManualPaymentClient
 
@@ -89,6 +90,17 @@ def _demo_backend(
     return found
 
 
+def _has_users(dao_factory: DaoFactory) -> bool:
+    """Whether any user has credits in the backend (reading one user id at most)."""
+    user_ids = dao_factory.get_user_credits_dao().iter_user_ids(batch_size=1)
+    try:
+        return next(user_ids, None) is not None
+    finally:
+        close = getattr(user_ids, "close", None)
+        if close is not None:
+            close()
+
+
 @main.command(short_help="Play the WonderAI story (the demo).")
 @click.option(
     "--backend",
@@ -126,11 +138,11 @@ def demo(ctx: click.Context, backend: str, db: str | None, mongo_uri: str | None
     dao_factory = chosen.open()
     ctx.call_on_close(dao_factory.close)
     offers = dao_factory.get_offer_dao().count({})
-    users = next(iter(dao_factory.get_user_credits_dao().iter_user_ids()), None)
-    if offers or users is not None:
+    users = _has_users(dao_factory)
+    if offers or users:
         raise click.ClickException(
             f"{chosen.describe()} is not empty ({offers} offers, users with credits: "
-            f"{'some' if users is not None else 'none'}): the demo needs an empty database "
+            f"{'some' if users else 'none'}): the demo needs an empty database "
             "(pass another --db)"
         )
     container.dao_factory.override(providers.Object(dao_factory))

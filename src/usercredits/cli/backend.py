@@ -238,10 +238,14 @@ def _factory_of(name: str, url: str) -> Callable[..., Any]:
     entry = next(iter(found))
     try:
         factory: Callable[..., Any] = entry.load()
-    except (ImportError, AttributeError) as e:
+    except ImportError as e:
         raise BackendError(
             f"the {name!r} backend ({entry.value}) cannot be loaded: {e}; "
             f"install it with {_install_hint(name)}"
+        ) from e
+    except Exception as e:
+        raise BackendError(
+            f"the {name!r} backend ({entry.value}) cannot be loaded: {type(e).__name__}: {e}"
         ) from e
     return factory
 

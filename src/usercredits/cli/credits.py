@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
 
 import click
 
@@ -12,14 +11,7 @@ from usercredits.cli.backend import backend_options, service_for
 from usercredits.cli.commands import USER_HELP, credits_of, positive_count
 from usercredits.cli.expiry import json_user_id
 from usercredits.cli.output import Column, output_for, signed, tokens, when
-from usercredits.models import (
-    DEFAULT_PRIORITY,
-    EntityId,
-    Grant,
-    GrantSource,
-    GrantStatus,
-    TokenTimetable,
-)
+from usercredits.models import DEFAULT_PRIORITY, GrantSource, GrantStatus, TokenTimetable
 from usercredits.usecases.views import MAX_HISTORY
 
 DATE_HELP = (
@@ -42,52 +34,6 @@ def parse_moment(ctx: click.Context, param: click.Parameter, value: str | None) 
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC)
-
-
-def _id(value: EntityId) -> str | None:
-    return None if value is None else str(value)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
-
-
-def grant_json(grant: Grant) -> dict[str, Any]:
-    """A grant as JSON-ready data: ids as str, datetimes in ISO 8601, enums as their values."""
-    return {
-        "id": str(grant.id),
-        "user_id": json_user_id(grant.user_id),
-        "offer_group": grant.offer_group,
-        "order_id": _id(grant.order_id),
-        "source": grant.source.value,
-        "tokens": grant.tokens,
-        "remaining": grant.remaining,
-        "priority": grant.priority,
-        "starts": _iso(grant.starts),
-        "expires": _iso(grant.expires),
-        "status": grant.status.value,
-    }
-
-
-def line_json(line: TokenTimetable) -> dict[str, Any]:
-    """A ledger line as JSON-ready data: ids as str, datetimes in ISO 8601, the reason's
-    value."""
-    return {
-        "id": str(line.id),
-        "user_id": json_user_id(line.user_id),
-        "offer_group": line.offer_group,
-        "tokens": line.tokens,
-        "reason": line.reason.value,
-        "created_at": _iso(line.created_at),
-        "order_id": _id(line.order_id),
-        "grant_id": line.grant_id,
-        "hold_id": line.hold_id,
-        "held": line.held,
-        "expires": _iso(line.expires),
-        "priority": line.priority,
-        "idempotency_key": line.idempotency_key,
-        "note": line.note,
-    }
 
 
 def _line_details(line: TokenTimetable) -> str:
@@ -140,7 +86,7 @@ def grants(
     if as_json:
         document = {
             "user_id": json_user_id(credits.user_id),
-            "grants": [grant_json(g) for g in found],
+            "grants": [g.to_dict() for g in found],
         }
         click.echo(json.dumps(document, indent=2))
         return
@@ -154,7 +100,7 @@ def grants(
         Column("group"),
         Column("source"),
         Column("priority", right=True),
-        Column("granted", right=True),
+        Column("tokens", right=True),
         Column("remaining", right=True),
         Column("starts"),
         Column("expires"),
@@ -200,7 +146,7 @@ def grants(
 )
 @click.option(
     "--source",
-    type=click.Choice([s.value for s in GrantSource]),
+    type=click.Choice(["promotional", "adjustment", "purchase"]),
     default=GrantSource.PROMOTIONAL.value,
     show_default=True,
     help="Why the tokens are given: a promotion, an adjustment, a sale made elsewhere.",
@@ -252,7 +198,7 @@ def grant(
         note=note,
     )
     if as_json:
-        click.echo(json.dumps(grant_json(made), indent=2))
+        click.echo(json.dumps(made.to_dict(), indent=2))
         return
     left = service.remaining_tokens(user, group)
     if replay:
@@ -283,7 +229,7 @@ def void(
     service = service_for(ctx, db, mongo_uri)
     ended = service.void_grant(grant_id)
     if as_json:
-        click.echo(json.dumps(grant_json(ended), indent=2))
+        click.echo(json.dumps(ended.to_dict(), indent=2))
         return
     owner = f"of user {str(ended.user_id)!r} in {ended.offer_group!r}"
     left = service.remaining_tokens(ended.user_id, ended.offer_group)
@@ -337,7 +283,7 @@ def history(
     if as_json:
         document = {
             "user_id": json_user_id(credits.user_id),
-            "lines": [line_json(line) for line in lines],
+            "lines": [line.to_dict() for line in lines],
             "next_before": next_before,
         }
         click.echo(json.dumps(document, indent=2))

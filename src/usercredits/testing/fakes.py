@@ -83,6 +83,7 @@ class FakeIntent:
     outcome: Status = Status.PENDING
     message: str = ""
     refunded: bool = False
+    refunded_amount: Decimal = Decimal(0)
 
 
 class FakePaymentClient(PaymentClient):
@@ -176,10 +177,13 @@ class FakePaymentClient(PaymentClient):
         payment_intent_id: str | None = None,
         event_id: str | None = None,
         event_type: str | None = None,
+        amount: Decimal | None = None,
     ) -> tuple[bytes, str]:
         """A signed webhook ``(payload, signature)`` about the order's latest intent (or
         ``payment_intent_id``). A payment event sets its intent's outcome first; a refund
-        event marks it refunded. ``event_type`` names an event of kind ``other``."""
+        event marks it refunded (``amount``: the total refunded so far, for a partial
+        refund; for a dispute, the disputed amount). ``event_type`` names an event of kind
+        ``other``."""
         kind = WebhookEventKind(kind)
         with self._lock:
             if payment_intent_id is None and order_id is not None:
@@ -190,13 +194,15 @@ class FakePaymentClient(PaymentClient):
                     raise PaymentError(f"unknown payment intent {payment_intent_id!r}")
                 intent.outcome, intent.message = _EVENT_OUTCOMES[kind]
             elif kind is WebhookEventKind.REFUNDED and intent is not None:
-                intent.refunded = True
+                intent.refunded_amount = intent.amount if amount is None else amount
+                intent.refunded = intent.refunded_amount >= intent.amount
             body = {
                 "id": event_id or f"evt_fake_{next(self._ids)}",
                 "type": event_type or kind.value,
                 "data": {
                     "payment_intent": payment_intent_id,
                     "order_id": None if order_id is None else str(order_id),
+                    "amount": None if amount is None else str(amount),
                 },
             }
         payload = json.dumps(body, sort_keys=True).encode()
@@ -240,11 +246,15 @@ class FakePaymentClient(PaymentClient):
         self._record("handle_webhook", None, None)
         if not signature or not hmac.compare_digest(self.sign(payload), signature):
             raise PaymentError("the webhook signature is missing or wrong")
+        return self.parse_event(payload)
+
+    def parse_event(self, payload: bytes | str) -> WebhookEvent:
         try:
             body = json.loads(payload)
             event_id, event_type, data = body["id"], body["type"], body["data"]
             intent_id, order_id = data.get("payment_intent"), data.get("order_id")
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            amount = None if data.get("amount") is None else Decimal(data["amount"])
+        except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as e:
             raise PaymentError(f"the webhook payload is not an event: {e}", e) from e
         try:
             kind = WebhookEventKind(event_type)
@@ -258,18 +268,26 @@ class FakePaymentClient(PaymentClient):
             payment_intent_id=intent_id,
             order_id=order_id,
             payload=text,
+            amount=amount,
         )
 
-    def refund(self, order: Order) -> Order:
+    def refund(self, order: Order, amount: Decimal | None = None) -> Order:
         self._record("refund", order.id, order.payment_intent_id)
         with self._lock:
             intent = self._intents.get(order.payment_intent_id or "")
             if intent is not None:
-                # Refunding again answers like the first time, as a gateway does for a retried
+                # A retried refund answers like the first one, as a gateway does for a retried
                 # request with the same idempotency key.
-                intent.refunded = True
+                intent.refunded_amount = max(
+                    intent.refunded_amount,
+                    order.refunded_amount + (order.refundable_amount if amount is None else amount),
+                )
+                intent.refunded = intent.refunded_amount >= intent.amount
             payload = None if intent is None else _intent_json(intent)
-        return _with_entry(order, Status.REFUNDED, "Refunded by the fake gateway", payload)
+        if amount is None:
+            return _with_entry(order, Status.REFUNDED, "Refunded by the fake gateway", payload)
+        message = f"{amount} {order.currency} refunded by the fake gateway"
+        return _with_entry(order, Status.PARTIAL, message, payload)
 
     def check_user_balance(self, user_id: UserId) -> Decimal:
         return self._balance("check_user_balance", user_id)
@@ -317,6 +335,7 @@ def _user_key(user_id: UserId) -> tuple[type, Any]:
 def _intent_json(intent: FakeIntent) -> str:
     record = dataclasses.asdict(intent)
     record["amount"] = str(intent.amount)
+    record["refunded_amount"] = str(intent.refunded_amount)
     return json.dumps(record, sort_keys=True)
 
 

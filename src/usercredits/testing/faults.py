@@ -41,11 +41,13 @@ import pytest
 from usercredits.clock import FrozenClock
 from usercredits.dao import (
     WRITES,
+    CustomerDao,
     DaoFactory,
     OfferDao,
     OrderDao,
     TokenTimetableDao,
     UserCreditsDao,
+    WebhookEventDao,
 )
 from usercredits.errors import (
     AlreadySubscribedError,
@@ -136,6 +138,12 @@ class FaultyDaoFactory(DaoFactory):
 
     def get_user_credits_dao(self) -> Any:
         return self._proxy("credits", self.inner.get_user_credits_dao(), UserCreditsDao)
+
+    def get_customer_dao(self) -> Any:
+        return self._proxy("customers", self.inner.get_customer_dao(), CustomerDao)
+
+    def get_webhook_event_dao(self) -> Any:
+        return self._proxy("events", self.inner.get_webhook_event_dao(), WebhookEventDao)
 
     def close(self) -> None:
         self.inner.close()

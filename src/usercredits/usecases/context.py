@@ -28,6 +28,8 @@ class Context:
         self.orders = self.factory.get_order_dao()
         self.lines = self.factory.get_token_timetable_dao()
         self.credits = self.factory.get_user_credits_dao()
+        self.customers = self.factory.get_customer_dao()
+        self.events = self.factory.get_webhook_event_dao()
         self.accounts = Accounts(self.credits, self.lines)
 
     def now(self) -> datetime:

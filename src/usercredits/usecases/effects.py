@@ -43,8 +43,8 @@ from usercredits.periods import window_end
 from usercredits.usecases.context import Context
 from usercredits.windows import Claim, Window
 
-HOLDING = frozenset({Status.PAID, Status.EXPIRED})
-"""Statuses of an order whose window and grants stand (a refund withdraws them)."""
+HOLDING = frozenset({Status.PAID, Status.PARTIAL, Status.EXPIRED})
+"""Statuses of an order whose window and grants stand (a full refund withdraws them)."""
 
 
 @dataclasses.dataclass
@@ -67,9 +67,13 @@ def complete(ctx: Context, order: Order) -> Completion:
     if status in HOLDING:
         order = _open_window(ctx, order, now)
         _grant(ctx, order, done, now)
-        items = [_settle_item(ctx, order, i, item, done, now) for i, item in enumerate(items)]
+        settled = [_settle_item(ctx, order, i, item, done, now) for i, item in enumerate(items)]
+        items = [item for item, _ in settled]
         if status is Status.EXPIRED:
             _take(ctx, order, LedgerReason.EXPIRY, done, now)
+        elif order.refunded_amount > 0:
+            for granted in [order, *(child for _, child in settled)]:
+                _take_share(ctx, granted, order, done, now)
     elif status is Status.REFUNDED:
         _grant(ctx, order, done, now)
         _take(ctx, order, LedgerReason.REFUND, done, now)
@@ -242,6 +246,33 @@ def _grant(ctx: Context, order: Order, done: Completion, now: datetime) -> None:
         done.lines.append(appended.line)
 
 
+def _take_share(ctx: Context, order: Order, root: Order, done: Completion, now: datetime) -> None:
+    """Take from the grant of ``order`` (the bundle order ``root`` or one of its items) the
+    share of its tokens refunded so far: floor(tokens x refunded / total), less what earlier
+    partial refunds took, never more than the grant still holds."""
+    if order.token_count <= 0 or root.total <= 0:
+        return
+    grant_id = str(order.id)
+    target = int(Decimal(order.token_count) * root.refunded_amount // root.total)
+
+    def decide(snapshot: Snapshot) -> TokenTimetable | None:
+        grant = snapshot.grant(grant_id)
+        taken = 0 if grant is None else min(target - grant.taken, grant.remaining)
+        if taken <= 0:
+            return None
+        return TokenTimetable(
+            tokens=-taken,
+            order_id=order.id,
+            reason=LedgerReason.REFUND,
+            grant_id=grant_id,
+            note=f"{root.refunded_amount} of {root.total} {root.currency or ''} refunded".rstrip(),
+        )
+
+    appended = ctx.accounts.append(order.user_id, order.offer_group, decide, now=now)
+    if appended.created and appended.line is not None:
+        done.lines.append(appended.line)
+
+
 def _take(
     ctx: Context, order: Order, reason: LedgerReason, done: Completion, now: datetime
 ) -> None:
@@ -312,8 +343,9 @@ def _create_child(ctx: Context, child: Order) -> Order:
 
 def _settle_item(
     ctx: Context, order: Order, index: int, item: CombinedOrder, done: Completion, now: datetime
-) -> CombinedOrder:
-    """The item's child order, created with its window when absent, and its grant."""
+) -> tuple[CombinedOrder, Order]:
+    """The item's child order, created with its window when absent, and its grant; the item
+    with the child's window, and the child."""
     child = ctx.orders.find_child(order.id, index)
     key = _claim_key(order, index)
     if not item.append_date and order.starts is not None:
@@ -339,7 +371,7 @@ def _settle_item(
         _release(ctx, order.user_id, item.offer_group, key, now)
     if child.status in HOLDING:
         _grant(ctx, child, done, now)
-    return dataclasses.replace(item, starts=child.starts, expires=child.expires)
+    return dataclasses.replace(item, starts=child.starts, expires=child.expires), child
 
 
 def _refund_item(

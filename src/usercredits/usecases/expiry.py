@@ -15,6 +15,7 @@ from usercredits.dao import Account
 from usercredits.errors import InvalidInputError
 from usercredits.grants import Snapshot
 from usercredits.models import (
+    LIVE,
     ExpiryReport,
     ExpiryWarning,
     LedgerReason,
@@ -84,10 +85,10 @@ def check_for_expired_orders(
 
 
 def expire_order(ctx: Context, order: Order, now: datetime) -> Completion | None:
-    """Expire a paid order (once: None when it is no longer paid) and take its remainder."""
+    """Expire a live order (once: None when it is no longer live) and take its remainder."""
     expired = ctx.orders.transition(
         order.id,
-        {Status.PAID},
+        LIVE,
         {"status": Status.EXPIRED, "updated_at": now, "in_progress": True},
         OrderStatus(date=now, status=Status.EXPIRED, message="Expired"),
     )

@@ -1,49 +1,93 @@
-"""Refunds and gateway events.
+"""Refunds, disputes and gateway events.
 
-A refund is committed by one conditional write of the order (to ``refunded``,
-``in_progress`` set); its effects -- the bundle items refunded, every grant's
-remainder taken back, the windows shrunk -- are applied by
-:func:`~usercredits.usecases.effects.complete`. Gateway events are applied
-through the same commits, so a replayed event finds its work done, and events
-may arrive in any order: a refund reported before the payment closes the order
-as refunded, and a success reported afterwards grants nothing.
+A refund is committed by one conditional write of the order -- to ``refunded``
+for what is left of its total, to ``partial`` for a part of it (the amount
+refunded so far only grows: the write also checks the amount it replaces) --
+with ``in_progress`` set; its effects (the share of every grant of the order and
+its bundle items taken back, the windows shrunk after a full refund) are applied
+by :func:`~usercredits.usecases.effects.complete`.
+
+Every verified gateway event is stored once by its id, then applied through the
+same commits, so a duplicate delivery, in any order, finds its work done: a
+refund reported before the payment closes the order as refunded, and a success
+reported afterwards grants nothing. A lost dispute takes back the tokens like a
+full refund; an opened or won dispute and a failed refund are recorded in the
+order's history.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from decimal import Decimal
+from typing import Any
 
-from usercredits.errors import InvalidPaymentError
+from usercredits.errors import (
+    DuplicateEntityError,
+    EntityNotFoundError,
+    InvalidInputError,
+    InvalidPaymentError,
+)
 from usercredits.models import (
+    LIVE,
     OPEN,
     REFUNDABLE,
     EntityId,
     Order,
     OrderStatus,
     Status,
+    WebhookEventRecord,
     WebhookResult,
+    to_decimal,
 )
-from usercredits.payment import WebhookEventKind
+from usercredits.payment import WebhookEvent, WebhookEventKind
 from usercredits.usecases.context import Context
 from usercredits.usecases.effects import complete
 from usercredits.usecases.settlement import apply_outcome, client_entry
 
 logger = logging.getLogger("usercredits")
 
+ATTEMPTS = 50
+"""How many times a refund lost to a concurrent change of its order is tried again."""
 
-def refund(ctx: Context, order_id: EntityId) -> Order:
-    """Refund a paid (or expired) order through the payment client, then mark it and its
-    bundle items ``refunded`` and take back the tokens they still hold. A refund whose
-    effects were interrupted is completed."""
+
+def _amount(order: Order, amount: Any) -> Decimal | None:
+    """The amount to refund, None for all that is left; InvalidInputError for anything else
+    than a positive amount no greater than what is left."""
+    if amount is None:
+        return None
+    try:
+        value = to_decimal(amount, "amount")
+    except InvalidInputError:
+        raise
+    if value <= 0:
+        raise InvalidInputError(f"a refund amount must be positive, got {value}")
+    if value > order.refundable_amount:
+        raise InvalidInputError(
+            f"order {order.id!r} has {order.refundable_amount} {order.currency} left to refund "
+            f"of {order.total}; {value} asked"
+        )
+    return None if value == order.refundable_amount else value
+
+
+def refund(ctx: Context, order_id: EntityId, amount: Any = None) -> Order:
+    """Refund ``amount`` of a paid (or expired) order through the payment client (None: all
+    that is left), then take back that share of its tokens; a refund of all that is left
+    marks it and its bundle items ``refunded``. A refund whose effects were interrupted is
+    completed."""
     order = ctx.load_order(order_id)
     if order.in_progress:
         order = complete(ctx, order).order
         if order.status is Status.REFUNDED:
             return order
     order.check_refundable()
-    outcome = ctx.client.refund(copy.deepcopy(order))
-    return commit_refund(ctx, order, client_entry(ctx, order, outcome, Status.REFUNDED, "Refunded"))
+    part = _amount(order, amount)
+    outcome = ctx.client.refund(copy.deepcopy(order), part)
+    if part is None:
+        entry = client_entry(ctx, order, outcome, Status.REFUNDED, "Refunded")
+        return commit_refund(ctx, order, entry)
+    entry = client_entry(ctx, order, outcome, Status.PARTIAL, f"Refunded {part}")
+    return commit_refunded_amount(ctx, order, order.refunded_amount + part, entry)
 
 
 def commit_refund(ctx: Context, order: Order, entry: OrderStatus) -> Order:
@@ -53,7 +97,12 @@ def commit_refund(ctx: Context, order: Order, entry: OrderStatus) -> Order:
     refunded = ctx.orders.transition(
         order.id,
         OPEN if never_paid else REFUNDABLE,
-        {"status": Status.REFUNDED, "updated_at": entry.date, "in_progress": not never_paid},
+        {
+            "status": Status.REFUNDED,
+            "updated_at": entry.date,
+            "in_progress": not never_paid,
+            "refunded_amount": order.total,
+        },
         entry,
     )
     if refunded is None:
@@ -61,10 +110,95 @@ def commit_refund(ctx: Context, order: Order, entry: OrderStatus) -> Order:
     return complete(ctx, refunded).order
 
 
+def commit_refunded_amount(
+    ctx: Context, order: Order, refunded: Decimal, entry: OrderStatus
+) -> Order:
+    """Record that ``refunded`` of the order's total has been refunded so far (only ever more)
+    and take back the tokens' share: ``partial`` while something is left, ``refunded`` once
+    everything is."""
+    current = order
+    for _ in range(ATTEMPTS):
+        if current.in_progress:
+            current = complete(ctx, current).order
+        if refunded >= current.total:
+            return commit_refund(ctx, current, entry)
+        if current.status not in REFUNDABLE or refunded <= current.refunded_amount:
+            return current
+        status = Status.PARTIAL if current.status in LIVE else current.status
+        changed = ctx.orders.transition(
+            current.id,
+            {current.status},
+            {
+                "status": status,
+                "refunded_amount": refunded,
+                "updated_at": entry.date,
+                "in_progress": True,
+            },
+            entry,
+            expected={"refunded_amount": current.refunded_amount},
+        )
+        if changed is not None:
+            return complete(ctx, changed).order
+        current = ctx.load_order(current.id)
+    raise InvalidPaymentError(
+        f"could not record the refund of order {order.id!r}: it kept changing", order_id=order.id
+    )
+
+
+# -- gateway events ------------------------------------------------------------------------
+
+
 def handle_webhook(ctx: Context, payload: bytes | str, signature: str | None) -> WebhookResult:
-    """Verify a gateway event and apply it: a payment outcome settles its order, a refund
-    refunds it. A replayed event finds its work done and changes nothing."""
+    """Verify a gateway event, store it once by its id, and apply it. A duplicate delivery of
+    an event already handled changes nothing."""
     event = ctx.client.handle_webhook(payload, signature)
+    record = WebhookEventRecord(
+        id=event.id,
+        type=event.type,
+        created=event.created,
+        received_at=ctx.now(),
+        payload=event.payload if event.payload is not None else _text(payload),
+    )
+    try:
+        ctx.events.create(record)
+    except DuplicateEntityError:
+        stored = ctx.events.find_by_id(event.id)
+        if stored is not None and stored.handled:
+            result = WebhookResult(event_id=event.id, event_type=event.type, duplicate=True)
+            result.message = "event already received"
+            if stored.order_id is not None:
+                result.order = ctx.orders.find_by_id(stored.order_id)
+            return result
+    return _apply_and_record(ctx, event)
+
+
+def replay_webhook(ctx: Context, event_id: str) -> WebhookResult:
+    """Apply a stored event again (after a fix, or when its processing was interrupted);
+    idempotent: what it did already is not done twice."""
+    stored = ctx.events.find_by_id(event_id)
+    if stored is None or stored.payload is None:
+        raise EntityNotFoundError(f"no stored gateway event with id {event_id!r}")
+    return _apply_and_record(ctx, ctx.client.parse_event(stored.payload))
+
+
+def _text(payload: bytes | str) -> str:
+    return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload
+
+
+def _apply_and_record(ctx: Context, event: WebhookEvent) -> WebhookResult:
+    result = apply_event(ctx, event)
+    ctx.events.finish(
+        event.id,
+        handled=True,
+        message=result.message or ("applied" if result.handled else ""),
+        order_id=None if result.order is None else result.order.id,
+    )
+    return result
+
+
+def apply_event(ctx: Context, event: WebhookEvent) -> WebhookResult:
+    """Apply a verified event to its order: each kind through the commit of its operation, so
+    that applying it again finds its work done."""
     result = WebhookResult(event_id=event.id, event_type=event.type)
     if event.kind is WebhookEventKind.OTHER:
         result.message = f"event type {event.type!r} ignored"
@@ -80,17 +214,13 @@ def handle_webhook(ctx: Context, payload: bytes | str, signature: str | None) ->
         return result
     if order.in_progress:
         order = complete(ctx, order).order
-    if event.kind is WebhookEventKind.REFUNDED:
-        if order.status is Status.REFUNDED:
-            result.duplicate = True
-            result.message = "order already refunded"
-        elif order.status in REFUNDABLE or order.status in OPEN:
-            entry = ctx.entry(
-                Status.REFUNDED, f"Refund reported by event {event.id}", event.payload
-            )
-            order = commit_refund(ctx, order, entry)
-        else:
-            result.message = f"order is {order.status}; nothing to refund"
+    kind = event.kind
+    if kind is WebhookEventKind.REFUNDED:
+        order = _refunded(ctx, order, event, result)
+    elif kind is WebhookEventKind.DISPUTE_LOST:
+        order = _dispute_lost(ctx, order, event, result)
+    elif kind in _RECORDED:
+        order = _record(ctx, order, event, result)
     elif order.payable():
         outcome = ctx.client.after_payment_executed(copy.deepcopy(order))
         try:
@@ -106,3 +236,64 @@ def handle_webhook(ctx: Context, payload: bytes | str, signature: str | None) ->
     result.handled = not result.duplicate
     result.order = order
     return result
+
+
+def _refunded(ctx: Context, order: Order, event: WebhookEvent, result: WebhookResult) -> Order:
+    amount = order.total if event.amount is None else min(event.amount, order.total)
+    if order.status is Status.REFUNDED or (
+        order.status in REFUNDABLE and amount <= order.refunded_amount
+    ):
+        result.duplicate = True
+        result.message = "refund already applied"
+        return order
+    if order.status not in REFUNDABLE and order.status not in OPEN:
+        result.message = f"order is {order.status}; nothing to refund"
+        return order
+    if amount >= order.total or order.status in OPEN:
+        entry = ctx.entry(Status.REFUNDED, f"Refund reported by event {event.id}", event.payload)
+        return commit_refund(ctx, order, entry)
+    entry = ctx.entry(
+        Status.PARTIAL,
+        f"Partial refund reported by event {event.id}: {amount} of {order.total} "
+        f"{order.currency} refunded so far",
+        event.payload,
+    )
+    return commit_refunded_amount(ctx, order, amount, entry)
+
+
+def _dispute_lost(ctx: Context, order: Order, event: WebhookEvent, result: WebhookResult) -> Order:
+    if order.status is Status.REFUNDED:
+        result.duplicate = True
+        result.message = "order already refunded"
+        return order
+    if order.status not in REFUNDABLE:
+        return _record(ctx, order, event, result)
+    entry = ctx.entry(Status.REFUNDED, f"Dispute lost (event {event.id})", event.payload)
+    return commit_refund(ctx, order, entry)
+
+
+_RECORDED = {
+    WebhookEventKind.DISPUTE_OPENED: "Dispute opened",
+    WebhookEventKind.DISPUTE_WON: "Dispute won",
+    WebhookEventKind.REFUND_FAILED: "Refund failed",
+}
+"""Events recorded in the order's history only, with their message."""
+
+
+def _record(ctx: Context, order: Order, event: WebhookEvent, result: WebhookResult) -> Order:
+    """Add the event to the order's history once (its message names the event)."""
+    label = _RECORDED.get(event.kind, event.type)
+    amount = "" if event.amount is None else f" for {event.amount} {order.currency}"
+    message = f"{label}{amount} (event {event.id})"
+    if any(entry.message == message for entry in order.history):
+        result.duplicate = True
+        result.message = "event already recorded"
+        return order
+    recorded = ctx.orders.transition(
+        order.id,
+        {order.status},
+        {"updated_at": ctx.now()},
+        ctx.entry(order.status, message, event.payload),
+    )
+    result.message = label.lower()
+    return recorded if recorded is not None else ctx.load_order(order.id)

@@ -20,6 +20,7 @@ from usercredits.models import (
     TokenTimetable,
     UserCredits,
     UserId,
+    WebhookEventRecord,
     is_storable_int,
 )
 from usercredits.usecases.checks import check_group, check_user
@@ -130,3 +131,10 @@ def history(
     if not is_storable_int(limit) or not 1 <= limit <= MAX_HISTORY:
         raise InvalidInputError(f"limit must be an int from 1 to {MAX_HISTORY}, got {limit!r}")
     return ctx.lines.history(user_id, offer_group, limit, before)
+
+
+def webhook_events(ctx: Context, limit: int, before: str | None) -> list[WebhookEventRecord]:
+    """The gateway events received, the last first."""
+    if not is_storable_int(limit) or not 1 <= limit <= MAX_HISTORY:
+        raise InvalidInputError(f"limit must be an int from 1 to {MAX_HISTORY}, got {limit!r}")
+    return ctx.events.latest(limit, before)
