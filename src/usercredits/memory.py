@@ -322,9 +322,7 @@ class InMemoryOrderDao(_Reader[Order], OrderDao):
     def find_live(self, user_id: UserId, offer_group: str | None = None) -> list[Order]:
         return self._of_user(
             user_id,
-            lambda o: (
-                o.status is Status.PAID and (offer_group is None or o.offer_group == offer_group)
-            ),
+            lambda o: o.status in LIVE and (offer_group is None or o.offer_group == offer_group),
         )
 
     def find_in_progress(self, user_id: UserId) -> list[Order]:

@@ -147,14 +147,22 @@ class PaymentService:
 
     # -- refunds and webhooks ----------------------------------------------------------
 
-    def refund(self, order_id: EntityId, amount: Decimal | None = None) -> Order:
+    def refund(
+        self,
+        order_id: EntityId,
+        amount: Decimal | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> Order:
         """Refund ``amount`` of a paid (or expired) order through the payment client (None: all
         that is left of its total). A refund of all that is left marks the order and its
         bundle items ``refunded`` and takes back the tokens they still hold; a part of it marks
         the order ``partial`` and takes back that share of its tokens (floor(tokens x refunded
         / total), less what earlier partial refunds took, never more than a grant holds).
-        Refunding more than what is left is an InvalidInputError, nothing changed."""
-        return refunds.refund(self._ctx, order_id, amount)
+        Refunding more than what is left is an InvalidInputError, nothing changed. A full
+        refund is safe to retry; a partial one is made again by a retry unless it carries an
+        ``idempotency_key``, recorded in the order's history."""
+        return refunds.refund(self._ctx, order_id, amount, idempotency_key)
 
     def replay_webhook(self, event_id: str) -> WebhookResult:
         """Apply a stored gateway event again; idempotent."""

@@ -3,10 +3,12 @@
 from usercredits.memory import InMemoryDaoFactory
 from usercredits.testing import dao_contracts
 from usercredits.testing.dao_contracts import (
+    CustomerDaoContract,
     OfferDaoContract,
     OrderDaoContract,
     TokenTimetableDaoContract,
     UserCreditsDaoContract,
+    WebhookEventDaoContract,
 )
 
 
@@ -26,6 +28,16 @@ class TestInMemoryTokenTimetableDao(TokenTimetableDaoContract):
 
 
 class TestInMemoryUserCreditsDao(UserCreditsDaoContract):
+    def make_dao_factory(self) -> InMemoryDaoFactory:
+        return InMemoryDaoFactory()
+
+
+class TestInMemoryCustomerDao(CustomerDaoContract):
+    def make_dao_factory(self) -> InMemoryDaoFactory:
+        return InMemoryDaoFactory()
+
+
+class TestInMemoryWebhookEventDao(WebhookEventDaoContract):
     def make_dao_factory(self) -> InMemoryDaoFactory:
         return InMemoryDaoFactory()
 

@@ -14,10 +14,12 @@ import uuid
 from usercredits.dao import DaoFactory
 from usercredits.testing import dao_contracts, faults, service_contracts
 from usercredits.testing.dao_contracts import (
+    CustomerDaoContract,
     OfferDaoContract,
     OrderDaoContract,
     TokenTimetableDaoContract,
     UserCreditsDaoContract,
+    WebhookEventDaoContract,
 )
 from usercredits.testing.faults import FaultInjectionContract
 from usercredits.testing.service_contracts import (
@@ -65,6 +67,14 @@ class TestMongoTokenTimetableDao(MongoBackend, TokenTimetableDaoContract):
 
 
 class TestMongoUserCreditsDao(MongoBackend, UserCreditsDaoContract):
+    pass
+
+
+class TestMongoCustomerDao(MongoBackend, CustomerDaoContract):
+    pass
+
+
+class TestMongoWebhookEventDao(MongoBackend, WebhookEventDaoContract):
     pass
 
 

@@ -110,15 +110,19 @@ def settle_each(url: str, order_ids: list[str], barrier: Any, results: Any) -> N
         factory.close()
 
 
-def churn(url: str, user: UserId, offer_ids: list[str], worker: int, ready: Any) -> None:
-    """Order, settle and consume without end (until killed, or for ``WORK_SECONDS``):
-    first settle what an earlier worker left pending, then buy the offers in turn, paying
-    each order, and consume from their groups."""
+def churn(
+    url: str, user: UserId, offer_ids: list[str], worker: int, ready: Any, completed: Any
+) -> None:
+    """Order, settle and consume without end (until killed, or for ``WORK_SECONDS``): first
+    complete what an earlier worker left undone (``reconcile``, then the pending orders paid
+    again), then buy the offers in turn, paying each order, and consume from their groups.
+    Puts on ``completed`` how many interrupted orders the ``reconcile`` completed."""
     factory, service = open_service(url)
-    orders = factory.get_order_dao()
-    for order in orders.find({"user_id": user, "status": Status.PENDING}):
-        if order.parent_id is None:
-            service.settle(order.id)
+    completed.put(len(service.reconcile(user).completed_orders))
+    for order in factory.get_order_dao().find({"user_id": user, "status": Status.PENDING}):
+        if not order.payment_intent_id:
+            service.pay_order(order.id)
+        service.settle(order.id)
     ready.set()
     deadline = time.monotonic() + WORK_SECONDS
     step = 0

@@ -11,6 +11,7 @@ import importlib
 import itertools
 import multiprocessing
 import random
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -181,19 +182,27 @@ def test_workers_killed_in_the_middle_of_operations_leave_everything_whole(
     )
     offer_ids = [str(o.id) for o in (pack, bundle, plan)]
     chance = random.Random(uuid.uuid4().int)
+    completed = spawn.Queue()
     for round_ in range(KILL_ROUNDS):
         ready = spawn.Event()
-        worker = spawn.Process(target=workers.churn, args=(url, user, offer_ids, round_, ready))
+        worker = spawn.Process(
+            target=workers.churn, args=(url, user, offer_ids, round_, ready, completed)
+        )
         worker.start()
         try:
-            assert ready.wait(JOIN_SECONDS), "the worker did not start"
-            ready.wait(chance.uniform(0.05, 0.6))
+            started = time.monotonic()
+            while not ready.wait(0.1):
+                assert worker.is_alive(), f"worker {round_} died with exit code {worker.exitcode}"
+                assert time.monotonic() - started < JOIN_SECONDS, f"worker {round_} not ready"
+            time.sleep(chance.uniform(0.05, 0.6))
+            assert worker.is_alive(), f"worker {round_} died with exit code {worker.exitcode}"
         finally:
             worker.kill()
             worker.join(JOIN_SECONDS)
         assert not worker.is_alive()
 
     report = service.reconcile(user)
+    print("DIAG", report, [completed.get(timeout=5) for _ in range(KILL_ROUNDS)])
     assert service.reconcile(user).completed_orders == []
     audit = service.audit(user)
     assert audit.ok, (audit, report)

@@ -40,7 +40,7 @@ def _line_details(line: TokenTimetable) -> str:
     details = []
     if line.order_id is not None:
         details.append(f"order {line.order_id}")
-    if line.grant_id is not None:
+    if line.grant_id is not None and line.grant_id != str(line.order_id):
         details.append(f"grant {line.grant_id}")
     if line.hold_id is not None:
         details.append(f"hold {line.hold_id}")

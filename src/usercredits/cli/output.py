@@ -43,8 +43,8 @@ def tokens(count: int) -> str:
 
 
 def signed(count: int) -> str:
-    """A token movement with its sign and thousands separators."""
-    return f"{count:+,}"
+    """A token movement with its sign (none for 0) and thousands separators."""
+    return f"{count:+,}" if count else "0"
 
 
 def money(amount: Decimal, currency: str | None) -> str:

@@ -30,6 +30,7 @@ from usercredits.grants import LiveGrant, Snapshot
 from usercredits.models import (
     CombinedOffer,
     CombinedOrder,
+    Customer,
     Cycle,
     GrantSource,
     LedgerReason,
@@ -40,15 +41,18 @@ from usercredits.models import (
     Status,
     TokenTimetable,
     UserId,
+    WebhookEventRecord,
 )
 from usercredits.testing.base import BackendContract
 from usercredits.windows import Claim, Window
 
 __all__ = [
+    "CustomerDaoContract",
     "OfferDaoContract",
     "OrderDaoContract",
     "TokenTimetableDaoContract",
     "UserCreditsDaoContract",
+    "WebhookEventDaoContract",
 ]
 
 E = TypeVar("E")
@@ -857,6 +861,51 @@ class OrderDaoContract(_ReaderContract[Order]):
         assert result is None
         assert dao.find_by_id(created.id) == created
 
+    def test_transition_with_expected_values_applies_when_they_match(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        dao = dao_factory.get_order_dao()
+        created = dao.create(_order(status=Status.PAID))
+        changes = {"status": Status.PARTIAL, "refunded_amount": Decimal("2.50")}
+        result = dao.transition(
+            created.id, [Status.PAID], changes, expected={"refunded_amount": Decimal(0)}
+        )
+        assert result is not None
+        assert (result.status, result.refunded_amount) == (Status.PARTIAL, Decimal("2.50"))
+        assert dao.find_by_id(created.id) == result
+
+    def test_transition_with_an_expected_value_that_differs_changes_nothing(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        dao = dao_factory.get_order_dao()
+        created = dao.create(_order(status=Status.PAID))
+        result = dao.transition(
+            created.id,
+            [Status.PAID],
+            {"refunded_amount": Decimal("4")},
+            expected={"refunded_amount": Decimal("2.50")},
+        )
+        assert result is None
+        assert dao.find_by_id(created.id) == created
+
+    def test_racing_transitions_expecting_one_value_succeed_once(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        dao = dao_factory.get_order_dao()
+        created = dao.create(_order(status=Status.PAID))
+
+        def refund(worker: int) -> Order | None:
+            return dao.transition(
+                created.id,
+                [Status.PAID, Status.PARTIAL],
+                {"status": Status.PARTIAL, "refunded_amount": Decimal(worker + 1)},
+                expected={"refunded_amount": Decimal(0)},
+            )
+
+        won = [order for order in _race(refund) if order is not None]
+        assert len(won) == 1
+        assert dao.find_by_id(created.id) == won[0]
+
     def test_transition_accepts_the_str_form_of_the_id(self, dao_factory: DaoFactory) -> None:
         dao = dao_factory.get_order_dao()
         created = dao.create(_order())
@@ -1096,7 +1145,8 @@ class OrderDaoContract(_ReaderContract[Order]):
         dao.create(_order(status=Status.PENDING, expires=now - 5 * DAY))
         dao.create(_order(status=Status.EXPIRED, expires=now - 5 * DAY))
         days_ago = dao.create(_order(status=Status.PAID, expires=now - 3 * DAY))
-        assert dao.find_due("alice", now) == [days_ago, day_ago, at_now]
+        partial = dao.create(_order(status=Status.PARTIAL, expires=now - 2 * DAY))
+        assert dao.find_due("alice", now) == [days_ago, partial, day_ago, at_now]
 
     def test_find_due_returns_only_the_users_orders(self, dao_factory: DaoFactory) -> None:
         dao = dao_factory.get_order_dao()
@@ -1120,7 +1170,8 @@ class OrderDaoContract(_ReaderContract[Order]):
         )
         dao.create(_order(1, status=Status.EXPIRED, offer_group="pro"))
         dao.create(_order("1", status=Status.PAID, offer_group="pro"))
-        assert dao.find_live(1) == [root, basic, child]
+        partial = dao.create(_order(1, status=Status.PARTIAL, offer_group="pro"))
+        assert dao.find_live(1) == [root, basic, child, partial]
 
     def test_find_live_of_a_group_returns_only_its_orders(self, dao_factory: DaoFactory) -> None:
         dao = dao_factory.get_order_dao()
@@ -1746,3 +1797,168 @@ class UserCreditsDaoContract(BackendContract):
         expected = opened._replace(snapshot=_in_debt(1), window=widened)
         assert dao.get_account("alice", "pro") == expected
         assert [dao.get_account(a.user_id, a.offer_group) for a in others] == others
+
+
+class CustomerDaoContract(_ReaderContract[Customer]):
+    """The guarantees of :class:`usercredits.dao.CustomerDao`."""
+
+    def _dao(self, factory: DaoFactory) -> Reader[Customer]:
+        return factory.get_customer_dao()
+
+    def _new(self, n: int) -> Customer:
+        return Customer(
+            user_id=f"user-{n}",
+            email=f"user{n}@example.com",
+            processor="stripe",
+            customer_id=f"cus_{n}",
+            created_at=T0,
+        )
+
+    def _scribble(self, entity: Customer) -> None:
+        entity.email = "changed@example.com"
+
+    def test_every_field_round_trips(self, dao_factory: DaoFactory) -> None:
+        for n, user_id in enumerate(USER_IDS):
+            created = dao_factory.get_customer_dao().create(_replace(self._new(n), user_id=user_id))
+            found = dao_factory.get_customer_dao().find_by_id(created.id)
+            assert found == created
+            assert found is not None
+            assert type(found.user_id) is type(user_id)
+            _assert_utc(found.created_at, T0)
+
+    def test_a_second_customer_of_a_user_at_a_processor_is_refused(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        dao = dao_factory.get_customer_dao()
+        first = dao.create(self._new(0))
+        with pytest.raises(DuplicateEntityError):
+            dao.create(_replace(self._new(1), user_id=first.user_id))
+        assert dao.find({}) == [first]
+
+    def test_a_second_customer_of_an_email_at_a_processor_is_refused(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        dao = dao_factory.get_customer_dao()
+        first = dao.create(self._new(0))
+        with pytest.raises(DuplicateEntityError):
+            dao.create(_replace(self._new(1), email=first.email))
+        assert dao.find({}) == [first]
+
+    def test_another_processor_may_hold_the_same_user_and_email(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        dao = dao_factory.get_customer_dao()
+        dao.create(self._new(0))
+        other = dao.create(_replace(self._new(0), processor="paypal"))
+        assert dao.find_by_user("paypal", "user-0") == other
+
+    def test_find_by_user_and_by_email_find_the_processors_customer(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        dao = dao_factory.get_customer_dao()
+        created = dao.create(self._new(0))
+        assert dao.find_by_user("stripe", "user-0") == created
+        assert dao.find_by_email("stripe", "user0@example.com") == created
+        assert dao.find_by_user("stripe", "user-1") is None
+        assert dao.find_by_email("paypal", "user0@example.com") is None
+
+    def test_user_ids_of_different_kinds_are_different_customers(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        dao = dao_factory.get_customer_dao()
+        for n, user_id in enumerate(USER_IDS):
+            dao.create(_replace(self._new(n), user_id=user_id))
+        for n, user_id in enumerate(USER_IDS):
+            found = dao.find_by_user("stripe", user_id)
+            assert found is not None
+            assert found.customer_id == f"cus_{n}"
+
+    def test_racing_creates_for_one_user_store_one_customer(self, dao_factory: DaoFactory) -> None:
+        dao = dao_factory.get_customer_dao()
+
+        def create(worker: int) -> bool:
+            try:
+                dao.create(_replace(self._new(worker), user_id="alice"))
+            except DuplicateEntityError:
+                return False
+            return True
+
+        assert _race(create).count(True) == 1
+        assert dao.count({"user_id": "alice"}) == 1
+
+
+class WebhookEventDaoContract(_ReaderContract[WebhookEventRecord]):
+    """The guarantees of :class:`usercredits.dao.WebhookEventDao`."""
+
+    def _dao(self, factory: DaoFactory) -> Reader[WebhookEventRecord]:
+        return factory.get_webhook_event_dao()
+
+    def _new(self, n: int) -> WebhookEventRecord:
+        return WebhookEventRecord(
+            id=f"evt_{n}",
+            type="payment_intent.succeeded",
+            created=T0,
+            received_at=T0 + n * timedelta(seconds=1),
+            payload=f'{{"id": "evt_{n}"}}',
+        )
+
+    def _scribble(self, entity: WebhookEventRecord) -> None:
+        entity.message = "changed"
+
+    def test_every_field_round_trips(self, dao_factory: DaoFactory) -> None:
+        dao = dao_factory.get_webhook_event_dao()
+        order = dao_factory.get_order_dao().create(_order())
+        record = _replace(self._new(0), order_id=order.id, handled=True, message="applied")
+        created = dao.create(record)
+        found = dao.find_by_id("evt_0")
+        assert found == created == record
+        assert found is not None
+        _assert_utc(found.created, T0)
+        _assert_utc(found.received_at, T0)
+
+    def test_an_event_id_is_stored_once(self, dao_factory: DaoFactory) -> None:
+        dao = dao_factory.get_webhook_event_dao()
+        first = dao.create(self._new(0))
+        with pytest.raises(DuplicateEntityError):
+            dao.create(_replace(self._new(1), id="evt_0"))
+        assert dao.find({}) == [first]
+
+    def test_racing_creates_of_one_event_store_it_once(self, dao_factory: DaoFactory) -> None:
+        dao = dao_factory.get_webhook_event_dao()
+
+        def create(worker: int) -> bool:
+            try:
+                dao.create(_replace(self._new(worker), id="evt_same"))
+            except DuplicateEntityError:
+                return False
+            return True
+
+        assert _race(create).count(True) == 1
+        assert dao.count({}) == 1
+
+    def test_finish_records_how_the_event_was_handled(self, dao_factory: DaoFactory) -> None:
+        dao = dao_factory.get_webhook_event_dao()
+        order = dao_factory.get_order_dao().create(_order())
+        dao.create(self._new(0))
+        finished = dao.finish("evt_0", handled=True, message="applied", order_id=str(order.id))
+        assert finished is not None
+        assert (finished.handled, finished.message) == (True, "applied")
+        assert str(finished.order_id) == str(order.id)
+        assert dao.find_by_id("evt_0") == finished
+
+    def test_finish_of_an_unknown_event_is_none(self, dao_factory: DaoFactory) -> None:
+        dao = dao_factory.get_webhook_event_dao()
+        assert dao.finish("evt_none", handled=True, message="") is None
+        assert dao.find({}) == []
+
+    def test_latest_lists_the_last_received_first_page_by_page(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        dao = dao_factory.get_webhook_event_dao()
+        for n in range(5):
+            dao.create(self._new(n))
+        first = dao.latest(2)
+        assert [r.id for r in first] == ["evt_4", "evt_3"]
+        assert [r.id for r in dao.latest(2, before=first[-1].id)] == ["evt_2", "evt_1"]
+        assert [r.id for r in dao.latest(10, before="evt_1")] == ["evt_0"]
+        assert dao.latest(10, before="evt_none") == []

@@ -67,6 +67,7 @@ from usercredits.models import (
     OrderStatus,
     Status,
     UserId,
+    WebhookEventRecord,
 )
 from usercredits.payment import WebhookEventKind
 from usercredits.service import PaymentService
@@ -289,16 +290,29 @@ def _refused(world: World, user: UserId) -> Order:
     return order
 
 
-def _event(kind: WebhookEventKind, bought: bool) -> Callable[[World, UserId], tuple[bytes, str]]:
+def _event(
+    kind: WebhookEventKind, bought: bool, amount: Decimal | None = None
+) -> Callable[[World, UserId], tuple[bytes, str]]:
     def setup(world: World, user: UserId) -> tuple[bytes, str]:
         if bought:
             order = world.buy(user, "pack")
             world.service.tokens_consumed(user, "pack", 15)
         else:
             order = world.service.create_order(world.offers["pack"].id, user)
-        return world.gateway.event(kind, order.id)
+        return world.gateway.event(kind, order.id, amount=amount)
 
     return setup
+
+
+def _stored_event(world: World, user: UserId) -> str:
+    """A refund event stored but never applied (its processing was interrupted)."""
+    order = world.buy(user, "pack")
+    payload, _ = world.gateway.event(WebhookEventKind.REFUNDED, order.id, amount=Decimal("5"))
+    event = world.gateway.parse_event(payload)
+    world.factory.inner.get_webhook_event_dao().create(
+        WebhookEventRecord(id=event.id, type=event.type, received_at=START, payload=event.payload)
+    )
+    return event.id
 
 
 def _due(world: World, user: UserId) -> None:
@@ -391,6 +405,26 @@ SCENARIOS: tuple[Scenario, ...] = (
         lambda w, u, event: w.service.handle_webhook(*event),
     ),
     Scenario("refund", _bought("pack", 30), lambda w, u, o: w.service.refund(o.id)),
+    Scenario(
+        "refund_partial",
+        _bought("bundle", 3),
+        lambda w, u, o: w.service.refund(o.id, Decimal("12.50"), idempotency_key="r1"),
+    ),
+    Scenario(
+        "handle_webhook_partial_refund",
+        _event(WebhookEventKind.REFUNDED, bought=True, amount=Decimal("4")),
+        lambda w, u, event: w.service.handle_webhook(*event),
+    ),
+    Scenario(
+        "handle_webhook_dispute_lost",
+        _event(WebhookEventKind.DISPUTE_LOST, bought=True),
+        lambda w, u, event: w.service.handle_webhook(*event),
+    ),
+    Scenario(
+        "replay_webhook",
+        _stored_event,
+        lambda w, u, event_id: w.service.replay_webhook(event_id),
+    ),
     Scenario("refund_bundle", _bought("bundle", 3), lambda w, u, o: w.service.refund(o.id)),
     Scenario(
         "tokens_consumed",

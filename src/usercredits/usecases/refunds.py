@@ -41,6 +41,7 @@ from usercredits.models import (
     to_decimal,
 )
 from usercredits.payment import WebhookEvent, WebhookEventKind
+from usercredits.usecases.checks import check_key
 from usercredits.usecases.context import Context
 from usercredits.usecases.effects import complete
 from usercredits.usecases.settlement import apply_outcome, client_entry
@@ -70,23 +71,32 @@ def _amount(order: Order, amount: Any) -> Decimal | None:
     return None if value == order.refundable_amount else value
 
 
-def refund(ctx: Context, order_id: EntityId, amount: Any = None) -> Order:
+def refund(
+    ctx: Context, order_id: EntityId, amount: Any = None, idempotency_key: str | None = None
+) -> Order:
     """Refund ``amount`` of a paid (or expired) order through the payment client (None: all
     that is left), then take back that share of its tokens; a refund of all that is left
     marks it and its bundle items ``refunded``. A refund whose effects were interrupted is
-    completed."""
+    completed; a refund whose ``idempotency_key`` is in the order's history is not made
+    again."""
+    check_key(idempotency_key)
     order = ctx.load_order(order_id)
     if order.in_progress:
         order = complete(ctx, order).order
-        if order.status is Status.REFUNDED:
+        if order.status is Status.REFUNDED and amount is None:
             return order
+    mark = None if idempotency_key is None else f"(refund {idempotency_key})"
+    if mark is not None and any(entry.message.endswith(mark) for entry in order.history):
+        return order
     order.check_refundable()
     part = _amount(order, amount)
     outcome = ctx.client.refund(copy.deepcopy(order), part)
+    status = Status.REFUNDED if part is None else Status.PARTIAL
+    entry = client_entry(ctx, order, outcome, status, "Refunded" if part is None else "Refund")
+    if mark is not None:
+        entry.message = f"{entry.message} {mark}"
     if part is None:
-        entry = client_entry(ctx, order, outcome, Status.REFUNDED, "Refunded")
         return commit_refund(ctx, order, entry)
-    entry = client_entry(ctx, order, outcome, Status.PARTIAL, f"Refunded {part}")
     return commit_refunded_amount(ctx, order, order.refunded_amount + part, entry)
 
 
