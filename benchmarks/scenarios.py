@@ -34,6 +34,7 @@ from usercredits import (
     Offer,
     Order,
     PaymentService,
+    Status,
 )
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -191,7 +192,7 @@ class World:
     def paid(self, offer: Offer, user: str) -> Order:
         """A settled order of ``offer`` (approved by the operator when it has a price)."""
         order = self.service.create_order(offer.id, user)
-        if order.status.value == "paid":
+        if order.status is Status.PAID:
             return order
         self.client.approve(order.id)
         return self.service.settle(order.id)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from usercredits.errors import InvalidInputError
+
 Clock = Callable[[], datetime]
 
 
@@ -20,12 +22,15 @@ def system_clock() -> datetime:
 
 
 def to_utc(moment: datetime, what: str = "datetime") -> datetime:
-    """``moment`` in UTC truncated to milliseconds; naive datetimes are refused with ValueError."""
+    """``moment`` in UTC truncated to milliseconds; naive datetimes are refused with
+    InvalidInputError (a ValueError)."""
     if not isinstance(moment, datetime):
-        raise ValueError(f"{what} must be a datetime, got {moment!r}")
+        raise InvalidInputError(f"{what} must be a datetime, got {moment!r}")
     if moment.tzinfo is not UTC:
         if moment.tzinfo is None or moment.utcoffset() is None:
-            raise ValueError(f"{what} must be timezone-aware, got naive {moment.isoformat()}")
+            raise InvalidInputError(
+                f"{what} must be timezone-aware, got naive {moment.isoformat()}"
+            )
         moment = moment.astimezone(UTC)
     extra = moment.microsecond % 1000
     return moment.replace(microsecond=moment.microsecond - extra) if extra else moment

@@ -21,24 +21,25 @@ class UserCreditsContainer(containers.DeclarativeContainer):
     """The core's providers: ``config``, ``dao_factory``, ``payment_client``, ``clock``,
     ``service``.
 
-    ``config.default_currency`` (default ``"usd"``) sets the service's currency.
+    ``config.default_currency`` (default ``"usd"``) sets the service's currency. Every
+    provider is safe to call from several threads at once: one service, one backend.
     """
 
     config = providers.Configuration(default={"default_currency": "usd"})
 
     dao_factory = providers.Dependency(
         instance_of=DaoFactory,  # type: ignore[type-abstract]
-        default=providers.Singleton(InMemoryDaoFactory),
+        default=providers.ThreadSafeSingleton(InMemoryDaoFactory),
     )
 
     payment_client = providers.Dependency(
         instance_of=PaymentClient,  # type: ignore[type-abstract]
-        default=providers.Singleton(ManualPaymentClient),
+        default=providers.ThreadSafeSingleton(ManualPaymentClient),
     )
 
     clock = providers.Object(system_clock)
 
-    service = providers.Singleton(
+    service = providers.ThreadSafeSingleton(
         PaymentService,
         dao_factory=dao_factory,
         payment_client=payment_client,

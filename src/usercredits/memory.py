@@ -31,7 +31,7 @@ from usercredits.dao import (
     UserCreditsDao,
     WebhookEventDao,
 )
-from usercredits.errors import DuplicateEntityError, EntityNotFoundError
+from usercredits.errors import DuplicateEntityError, EntityNotFoundError, InvalidInputError
 from usercredits.grants import Snapshot
 from usercredits.models import (
     LIVE,
@@ -84,7 +84,7 @@ def _check_fields(kind: type, names: Collection[str]) -> None:
     known = {f.name for f in dataclasses.fields(kind)}
     unknown = sorted(set(names) - known)
     if unknown:
-        raise ValueError(f"{kind.__name__} has no field {', '.join(map(repr, unknown))}")
+        raise InvalidInputError(f"{kind.__name__} has no field {', '.join(map(repr, unknown))}")
 
 
 class _Table(Generic[E]):
@@ -167,7 +167,7 @@ class InMemoryOfferDao(_Reader[Offer], OfferDao):
     def update_by_id(self, entity_id: EntityId, changes: Mapping[str, Any]) -> Offer | None:
         _check_fields(Offer, changes.keys())
         if "id" in changes:
-            raise ValueError("the id of an offer cannot be changed")
+            raise InvalidInputError("the id of an offer cannot be changed")
         with self._lock:
             current = self._table.rows.get(str(entity_id)) if entity_id is not None else None
             if current is None:

@@ -106,7 +106,9 @@ class EntityCodec(Generic[M]):
         """Raise ValueError naming the fields the model does not have."""
         unknown = sorted(set(names) - self.model_fields)
         if unknown:
-            raise ValueError(f"{self.model.__name__} has no field {', '.join(map(repr, unknown))}")
+            raise InvalidInputError(
+                f"{self.model.__name__} has no field {', '.join(map(repr, unknown))}"
+            )
 
     def _document_value(self, name: str, value: Any) -> Any:
         if value is None:
@@ -150,7 +152,7 @@ class EntityCodec(Generic[M]):
         """A ``$set`` / ``$unset`` update setting ``changes`` (None values are unset)."""
         self.check_fields(changes.keys())
         if "id" in changes:
-            raise ValueError("the id of an entity cannot be changed")
+            raise InvalidInputError("the id of an entity cannot be changed")
         to_set: dict[str, Any] = {}
         to_unset: dict[str, Any] = {}
         for name, value in changes.items():

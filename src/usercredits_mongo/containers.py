@@ -28,10 +28,18 @@ def open_dao_factory(uri: str, db: str | None = None) -> Iterator[MongoDaoFactor
         factory.close()
 
 
+def _same(factory: MongoDaoFactory) -> MongoDaoFactory:
+    return factory
+
+
 class MongoContainer(containers.DeclarativeContainer):
     """The MongoDB backend's providers: ``config`` (``uri``, ``db``) and ``dao_factory`` (one
-    factory per container, opened on first use, closed by ``shutdown_resources()``)."""
+    factory, so one database client, per container, opened on first use, closed by
+    ``shutdown_resources()``; safe to call from several threads at once)."""
 
     config = providers.Configuration()
 
-    dao_factory = providers.Resource(open_dao_factory, uri=config.uri, db=config.db)
+    connection = providers.Resource(open_dao_factory, uri=config.uri, db=config.db)
+
+    # The singleton's lock makes concurrent first calls open the connection once.
+    dao_factory = providers.ThreadSafeSingleton(_same, connection)

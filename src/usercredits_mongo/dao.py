@@ -39,7 +39,12 @@ from usercredits.dao import (
     UserCreditsDao,
     WebhookEventDao,
 )
-from usercredits.errors import DuplicateEntityError, EntityNotFoundError, StorageError
+from usercredits.errors import (
+    DuplicateEntityError,
+    EntityNotFoundError,
+    InvalidInputError,
+    StorageError,
+)
 from usercredits.grants import Snapshot
 from usercredits.models import (
     LIVE,
@@ -255,7 +260,7 @@ class MongoOfferDao(_MongoReader[Offer], OfferDao):
     def update_by_id(self, entity_id: EntityId, changes: Mapping[str, Any]) -> Offer | None:
         self._codec.check_fields(changes.keys())
         if "id" in changes:
-            raise ValueError("the id of an offer cannot be changed")
+            raise InvalidInputError("the id of an offer cannot be changed")
         if entity_id is None:
             return None
         oid = object_id(entity_id)
@@ -362,7 +367,7 @@ class MongoOrderDao(_MongoReader[Order], OrderDao):
         }
         self._codec.check_fields(settable.keys())
         if "id" in settable:
-            raise ValueError("the id of an order cannot be changed")
+            raise InvalidInputError("the id of an order cannot be changed")
         # An order holding only the changes checks and normalises them as the model does.
         checked = Order(**settable)
         update: Raw = dict(self._codec.encode_changes({k: getattr(checked, k) for k in settable}))
@@ -517,7 +522,7 @@ class MongoTokenTimetableDao(_MongoReader[TokenTimetable], TokenTimetableDao):
         before: EntityId = None,
     ) -> list[TokenTimetable]:
         if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit!r}")
+            raise InvalidInputError(f"limit must be at least 1, got {limit!r}")
         query: Raw = {"user_id": encode_user(user_id)}
         if offer_group is not None:
             query["offer_group"] = offer_group
@@ -568,7 +573,7 @@ class MongoUserCreditsDao(UserCreditsDao):
 
     def iter_user_ids(self, batch_size: int = 1000) -> Iterator[UserId]:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
+            raise InvalidInputError(f"batch_size must be at least 1, got {batch_size!r}")
         operation = f"{type(self).__name__}.iter_user_ids"
         with self._store.guard(operation):
             cursor = self._users.find(
@@ -694,7 +699,7 @@ class MongoWebhookEventDao(_MongoReader[WebhookEventRecord], WebhookEventDao):
     @_guarded
     def latest(self, limit: int, before: str | None = None) -> list[WebhookEventRecord]:
         if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit!r}")
+            raise InvalidInputError(f"limit must be at least 1, got {limit!r}")
         query: Raw = {}
         if before is not None:
             cursor_event = self._collection.find_one({"_id": before}, {"received_at": 1})

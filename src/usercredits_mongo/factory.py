@@ -15,7 +15,7 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from usercredits.dao import DaoFactory
-from usercredits.errors import StorageError
+from usercredits.errors import InvalidInputError, StorageError
 from usercredits_mongo.dao import (
     MongoCustomerDao,
     MongoOfferDao,
@@ -102,7 +102,7 @@ class MongoDaoFactory(DaoFactory):
         shares one client between aliases of identical settings and closes it with the last).
         Raises StorageError when MongoDB cannot be reached."""
         if not isinstance(uri, str) or "://" not in uri:
-            raise ValueError(f"a MongoDB URI is required, got {uri!r}")
+            raise InvalidInputError(f"a MongoDB URI is required, got {uri!r}")
         alias = f"usercredits-{uuid.uuid4().hex}"
         mock = uri.startswith(MONGOMOCK_SCHEME)
         host = "mongodb://" + (uri[len(MONGOMOCK_SCHEME) :] or "localhost") if mock else uri

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -99,3 +100,22 @@ def test_an_overridden_backend_and_clock_are_used() -> None:
         assert service.now() == datetime(2030, 1, 1, tzinfo=UTC)
         service.tokens_consumed("alice", "api", 2)
     assert backend.get_user_credits_dao().find_record_id("alice") is not None
+
+
+def test_threads_asking_a_fresh_container_at_once_get_one_service_and_one_backend() -> None:
+    container = UserCreditsContainer()
+    start = threading.Barrier(8)
+    services: list[PaymentService] = []
+
+    def ask() -> None:
+        start.wait(timeout=10)
+        services.append(container.service())
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(services) == 8
+    assert len({id(s) for s in services}) == 1
+    assert len({id(s.get_dao_factory()) for s in services}) == 1

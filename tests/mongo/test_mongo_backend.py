@@ -735,6 +735,31 @@ def test_mongo_container_gives_one_factory_per_container() -> None:
         mongo.shutdown_resources()
 
 
+def test_threads_asking_a_fresh_container_at_once_share_one_service_and_one_client() -> None:
+    mongo = MongoContainer(config={"uri": "mongomock://localhost", "db": _db_name()})
+    core = UserCreditsContainer(dao_factory=mongo.dao_factory)
+    start = threading.Barrier(8)
+    services: list[Any] = []
+    factories: list[Any] = []
+
+    def ask() -> None:
+        start.wait(timeout=10)
+        factories.append(mongo.dao_factory())
+        services.append(core.service())
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert len({id(s) for s in services}) == 1
+        assert len({id(f) for f in factories}) == 1
+        assert services[0].get_dao_factory() is factories[0]
+    finally:
+        mongo.shutdown_resources()
+
+
 def test_a_core_provider_override_reaches_the_mongo_backend() -> None:
     mongo = MongoContainer(config={"uri": "mongomock://localhost", "db": _db_name()})
     core = UserCreditsContainer(dao_factory=mongo.dao_factory)

@@ -13,6 +13,12 @@ import uuid
 
 from usercredits.dao import DaoFactory
 from usercredits.testing import dao_contracts, faults, service_contracts
+from usercredits.testing.credits_contracts import (
+    GrantContract,
+    HistoryContract,
+    HoldContract,
+    SellingRuleContract,
+)
 from usercredits.testing.dao_contracts import (
     CustomerDaoContract,
     OfferDaoContract,
@@ -22,6 +28,12 @@ from usercredits.testing.dao_contracts import (
     WebhookEventDaoContract,
 )
 from usercredits.testing.faults import FaultInjectionContract
+from usercredits.testing.gateway_contracts import (
+    DisputeContract,
+    PartialRefundContract,
+    WebhookStoreContract,
+)
+from usercredits.testing.json_contracts import JsonContract
 from usercredits.testing.service_contracts import (
     BadInputContract,
     ConcurrencyContract,
@@ -75,6 +87,38 @@ class TestMongoCustomerDao(MongoBackend, CustomerDaoContract):
 
 
 class TestMongoWebhookEventDao(MongoBackend, WebhookEventDaoContract):
+    pass
+
+
+class TestMongoJson(MongoBackend, JsonContract):
+    pass
+
+
+class TestMongoSellingRules(MongoBackend, SellingRuleContract):
+    pass
+
+
+class TestMongoGrants(MongoBackend, GrantContract):
+    pass
+
+
+class TestMongoHolds(MongoBackend, HoldContract):
+    pass
+
+
+class TestMongoHistory(MongoBackend, HistoryContract):
+    pass
+
+
+class TestMongoPartialRefunds(MongoBackend, PartialRefundContract):
+    pass
+
+
+class TestMongoDisputes(MongoBackend, DisputeContract):
+    pass
+
+
+class TestMongoWebhookStore(MongoBackend, WebhookStoreContract):
     pass
 
 

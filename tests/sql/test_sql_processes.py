@@ -7,10 +7,12 @@ The workers run :mod:`sql_workers`; every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import itertools
 import multiprocessing
 import random
+import sqlite3
 import time
 import uuid
 from collections import Counter
@@ -201,11 +203,11 @@ def test_workers_killed_in_the_middle_of_operations_leave_everything_whole(
             worker.join(JOIN_SECONDS)
         assert not worker.is_alive()
 
+    interrupted = [completed.get(timeout=JOIN_SECONDS) for _ in range(KILL_ROUNDS)]
     report = service.reconcile(user)
-    print("DIAG", report, [completed.get(timeout=5) for _ in range(KILL_ROUNDS)])
     assert service.reconcile(user).completed_orders == []
     audit = service.audit(user)
-    assert audit.ok, (audit, report)
+    assert audit.ok, (audit, report, interrupted)
     order_dao = service.get_dao_factory().get_order_dao()
     stored = order_dao.find({"user_id": user})
     assert stored, "the workers stored nothing"
@@ -218,3 +220,6 @@ def test_workers_killed_in_the_middle_of_operations_leave_everything_whole(
         if order.parent_id is None:
             for index in range(len(order.combined_items)):
                 assert order_dao.find_child(order.id, index) is not None, (order, index)
+    if url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as database:
+            assert database.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
