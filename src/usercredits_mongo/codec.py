@@ -27,6 +27,7 @@ from bson import ObjectId
 from bson.binary import UUID_SUBTYPE, Binary, UuidRepresentation
 
 from usercredits.dao import ID_FIELDS, Account
+from usercredits.errors import InvalidInputError
 from usercredits.grants import Snapshot
 from usercredits.windows import Window
 

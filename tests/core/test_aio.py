@@ -82,7 +82,9 @@ def test_calls_run_in_the_pool_not_in_the_event_loop(service: PaymentService) ->
         return threading.current_thread().name
 
     loop_thread = asyncio.run(play())
-    assert seen and seen[0].startswith("usercredits") and seen[0] != loop_thread
+    assert len(seen) == 1
+    assert seen[0].startswith("usercredits")
+    assert seen[0] != loop_thread
 
 
 def test_concurrent_coroutines_never_overdraw(service: PaymentService) -> None:
