@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Self
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Engine
 
 from usercredits.dao import DaoFactory
 from usercredits_sql.dao import (
@@ -60,6 +60,12 @@ class SqlDaoFactory(DaoFactory):
     def url(self) -> URL:
         """The database URL (render it with ``hide_password=True`` for messages)."""
         return self._store.engine.url
+
+    @property
+    def engine(self) -> Engine:
+        """The factory's SQLAlchemy engine, for an application's own reads of the database. Its
+        connections are in autocommit mode: each statement commits on its own."""
+        return self._store.engine
 
     def get_offer_dao(self) -> SqlOfferDao:
         return self._offers

@@ -165,7 +165,7 @@ def test_a_sqlite_file_is_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> Non
     path = tmp_path / "credits.db"
     factory = SqlDaoFactory.from_url(f"sqlite:///{path}")
     try:
-        with factory._store.connect("checking pragmas") as connection:
+        with factory.engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar_one() >= 5000
             assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
     finally:

@@ -30,6 +30,7 @@ from usercredits.cli.commands import audit, balance, catalog, consume, expire, r
 from usercredits.cli.credits import grant, grants, history, void
 from usercredits.cli.demo import DEMO_START, run_demo
 from usercredits.cli.output import Output
+from usercredits.cli.webhooks import webhooks
 from usercredits.clock import FrozenClock
 from usercredits.containers import UserCreditsContainer
 from usercredits.dao import DaoFactory
@@ -159,3 +160,4 @@ main.add_command(history)
 main.add_command(expire)
 main.add_command(reconcile)
 main.add_command(audit)
+main.add_command(webhooks)
