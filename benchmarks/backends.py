@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from counting import Counter, MongomockCounter, PymongoCounter, SqlCounter
-
 from usercredits import DaoFactory, InMemoryDaoFactory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,7 +136,8 @@ _INSERT_LINE = (
     "VALUES ({p}, {p}, {p}, {p}, 'consumption')"
 )
 _UPDATE_BALANCE = (
-    "UPDATE bench_raw_balances SET balance = balance - {p} WHERE user_id = {p} AND offer_group = {p}"
+    "UPDATE bench_raw_balances SET balance = balance - {p} "
+    "WHERE user_id = {p} AND offer_group = {p}"
 )
 _SELECT_BALANCE = "SELECT balance FROM bench_raw_balances WHERE user_id = {p} AND offer_group = {p}"
 

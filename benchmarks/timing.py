@@ -77,16 +77,37 @@ def run_threads(call: Call, number: int, threads: int, first: int = 0) -> float:
     return elapsed / number
 
 
+def calls_per_run(call: Call, seconds: float, most: int) -> int:
+    """How many calls make a run of about ``seconds`` (at least 1, at most ``most``), as
+    ``timeit`` chooses its number: from the time of one call, after one to warm up."""
+    call(-1)
+    start = time.perf_counter()
+    call(-2)
+    once = time.perf_counter() - start
+    return max(1, min(most, int(seconds / once) if once > 0 else most))
+
+
 def best_interleaved(
-    calls: dict[str, Call], number: int, repeat: int, threads: int = 1
+    calls: dict[str, Call],
+    number: int,
+    repeat: int,
+    threads: int = 1,
+    *,
+    seconds: float | None = None,
 ) -> dict[str, float]:
-    """The best seconds per call of each of ``calls``, their runs interleaved."""
+    """The best seconds per call of each of ``calls``, their runs interleaved. A run is
+    ``number`` calls, or with ``seconds`` as many calls (up to ``number``) as last about
+    that long, chosen for each of ``calls``."""
+    numbers = {
+        label: number if seconds is None else calls_per_run(call, seconds, number)
+        for label, call in calls.items()
+    }
     best = {label: Best() for label in calls}
     done = 0
     for _ in range(repeat):
         for label, call in calls.items():
-            best[label].add(run_threads(call, number, threads, first=done))
-        done += number
+            best[label].add(run_threads(call, numbers[label], threads, first=done))
+        done += max(numbers.values())
     return {label: b.seconds for label, b in best.items()}
 
 

@@ -47,7 +47,7 @@ USER_TYPES: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "uuid": u
 
 
 class NoMatch(Exception):
-    """A filter value that no stored row can hold (an id of another backend...)."""
+    """A filter value no stored row can hold (a user id of a type never stored, no id...)."""
 
 
 def new_id() -> str:
@@ -91,13 +91,11 @@ def user_matches(table: sa.FromClause, user_id: Any) -> sa.ColumnElement[bool]:
     return sa.and_(table.c.user_type == user_type, table.c.user_id == text)
 
 
-def int64(value: Any, what: str) -> int | None:
-    """``value`` checked to fit in a 64-bit integer column (None stays None)."""
-    if value is None:
-        return None
+def int64(value: Any, what: str) -> Any:
+    """``value`` checked to fit in a 64-bit integer column when it is an int."""
     if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
         raise StorageError(f"{what} {value} does not fit in a 64-bit integer")
-    return int(value)
+    return value
 
 
 def to_utc(value: datetime | None) -> datetime | None:
@@ -220,7 +218,7 @@ class Field:
 
 
 def _int_field(name: str) -> Field:
-    def encode(value: Any) -> int | None:
+    def encode(value: Any) -> Any:
         return int64(value, name)
 
     return Field(name, name, encode=encode)

@@ -12,11 +12,15 @@ in-memory default::
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from typing import Any, TypeVar
 
 from dependency_injector import containers, providers
 
 from usercredits_sql.factory import SqlDaoFactory
+
+T = TypeVar("T")
 
 
 def open_dao_factory(url: str) -> Iterator[SqlDaoFactory]:
@@ -29,10 +33,27 @@ def open_dao_factory(url: str) -> Iterator[SqlDaoFactory]:
         factory.close()
 
 
+class ThreadSafeResource(providers.Resource[T]):
+    """A resource initialised once even when several threads ask for it at once (each copy
+    of the provider, so each container, has its own lock)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = threading.RLock()
+
+    def _provide(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+        with self._lock:
+            provided: T = super()._provide(args, kwargs)  # type: ignore[misc]
+            return provided
+
+
 class SqlContainer(containers.DeclarativeContainer):
     """The SQL backend's providers: ``config`` (``url``) and ``dao_factory`` (one factory per
-    container, opened on first use, closed by ``shutdown_resources()``)."""
+    container, opened on first use, also by threads asking at once, and closed by
+    ``shutdown_resources()``)."""
 
     config = providers.Configuration()
 
-    dao_factory = providers.Resource(open_dao_factory, url=config.url)
+    dao_factory: ThreadSafeResource[SqlDaoFactory] = ThreadSafeResource(
+        open_dao_factory, url=config.url
+    )

@@ -79,7 +79,7 @@ def _insert(store: SqlStore, table: sa.Table) -> Any:
 
 
 class _SqlReader(Generic[E]):
-    """Reading entities of one table: by id and by filters, in creation (id) order."""
+    """Reading entities of one table: by id and by filters, in creation order (``pk``)."""
 
     def __init__(self, store: SqlStore, codec: EntityCodec[E]):
         self._store = store
@@ -257,12 +257,11 @@ class SqlOrderDao(_SqlReader[Order], OrderDao):
             with self._store.connect("creating an order") as connection:
                 return self._codec.decode(self._insert_returning(connection, values))
         except DuplicateEntityError as e:
-            if entity.parent_id is not None:
-                raise DuplicateEntityError(
-                    f"item {entity.item_index or 0} of bundle order {entity.parent_id!r} has a "
-                    "child order already"
-                ) from e
-            raise
+            raise DuplicateEntityError(
+                f"order {entity.id!r} of user {entity.user_id!r} breaks a uniqueness rule (one "
+                "id per order, one child order per bundle item, one paid exclusive order per "
+                f"offer): {e}"
+            ) from e
 
     def _appended(self, entry: OrderStatus) -> Any:
         """The history column with ``entry`` appended, in one expression of the dialect."""

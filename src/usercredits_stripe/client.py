@@ -5,21 +5,41 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import stripe
+from stripe.v2.core import EventNotification
 
 from usercredits.clock import Clock, system_clock
-from usercredits.errors import InvalidPaymentError, PaymentError
+from usercredits.dao import CustomerDao
+from usercredits.errors import (
+    DuplicateEntityError,
+    InvalidPaymentError,
+    PaymentError,
+    PaymentErrorCode,
+)
 from usercredits.models import Order, OrderStatus, Status, UserId
 from usercredits.payment import PaymentClient, WebhookEvent
 from usercredits_stripe.amounts import to_minor_units
-from usercredits_stripe.mapping import customer_credit, refunded_order, settled_order, webhook_event
-
-_REFUND_FAILED = frozenset({"failed", "canceled"})
+from usercredits_stripe.mapping import (
+    PROCESSOR,
+    THIN_EVENT,
+    concerns_orders,
+    customer_credit,
+    customer_for,
+    refund_failed,
+    refunded_order,
+    settled_order,
+    stored_customer,
+    thin_webhook_event,
+    webhook_event,
+)
 
 
 class StripePaymentClient(PaymentClient):
@@ -28,17 +48,23 @@ class StripePaymentClient(PaymentClient):
     - Intents are created in the order's currency for its total in minor units
       (refused with InvalidPaymentError ``VALIDATION`` when Stripe cannot charge
       it exactly), with ``metadata`` ``order_id`` / ``user_id`` / ``offer_id``,
-      the user's customer when :meth:`ensure_customer` made it known, and an
-      idempotency key made of the order id and the intent it replaces: a retried
-      call for the same attempt returns the same intent, ``pay_order`` after an
-      abandoned intent gets a new one.
+      the user's stored customer when there is one, and an idempotency key made of
+      the order id and the intent it replaces: a retried call for the same attempt
+      returns the same intent, ``pay_order`` after an abandoned intent gets a new one.
     - Settlement retrieves the order's current intent and reads its outcome;
-      webhook events only tell the service which order to settle.
-    - Webhooks are verified with the SDK against ``webhook_secret``; events older
-      than ``webhook_tolerance`` seconds are refused.
+      payment events only tell the service which order to settle.
+    - Webhooks (snapshot events and thin event notifications) are verified with the
+      SDK against ``webhook_secret``; a signature dated more than
+      ``webhook_tolerance`` seconds in the past or in the future is refused.
+    - Refunds, partial or full, are made in minor units with an idempotency key
+      naming the order and the total refunded after them.
+    - Customers are kept in ``customers`` (the application's customer DAO), one per
+      user and per e-mail, so that every process finds them; without a customer
+      store, :meth:`ensure_customer` and the balances raise PaymentError and intents
+      carry no customer.
     - Every Stripe or network failure is raised as PaymentError with the SDK's
       error as ``original_error``; nothing is retried beyond the SDK's own
-      ``max_network_retries``, and no stored data is changed here.
+      ``max_network_retries``. Orders are never stored here; only customers are.
 
     ``api_base`` points the client at another Stripe-compatible server;
     ``http_client`` replaces the SDK's transport. Thread-safe.
@@ -55,6 +81,7 @@ class StripePaymentClient(PaymentClient):
         http_client: stripe.HTTPClient | None = None,
         balance_cache_ttl: timedelta = timedelta(seconds=30),
         clock: Clock | None = None,
+        customers: CustomerDao | None = None,
     ):
         if not isinstance(api_key, str) or not api_key:
             raise ValueError("a Stripe secret API key is required")
@@ -64,6 +91,8 @@ class StripePaymentClient(PaymentClient):
             raise ValueError(f"webhook_tolerance must be seconds (int), got {webhook_tolerance!r}")
         if webhook_tolerance <= 0:
             raise ValueError(f"webhook_tolerance must be positive, got {webhook_tolerance}")
+        if customers is not None and not isinstance(customers, CustomerDao):
+            raise TypeError(f"customers must be a CustomerDao, got {type(customers).__name__}")
         self._stripe = stripe.StripeClient(
             api_key,
             base_addresses={"api": api_base} if api_base else None,
@@ -75,7 +104,7 @@ class StripePaymentClient(PaymentClient):
         self._cache_ttl = balance_cache_ttl
         self._clock = clock or system_clock
         self._lock = threading.Lock()
-        self._customers: dict[UserId, str] = {}
+        self._customers = customers
         self._balances: dict[UserId, tuple[datetime, Decimal]] = {}
 
     # -- payments ----------------------------------------------------------------------
@@ -103,8 +132,7 @@ class StripePaymentClient(PaymentClient):
                 "offer_id": str(order.offer_id),
             },
         }
-        with self._lock:
-            customer = self._customers.get(order.user_id)
+        customer = self.customer_id(order.user_id)
         if customer is not None:
             params["customer"] = customer
         after = order.payment_intent_id or "none"
@@ -131,74 +159,196 @@ class StripePaymentClient(PaymentClient):
         except ValueError as e:
             raise PaymentError(f"order {order.id}: {e}", e) from e
 
+    # -- webhooks --------------------------------------------------------------------------
+
     def handle_webhook(self, payload: bytes | str, signature: str | None) -> WebhookEvent:
         """The verified event (pass the request's raw body and its ``Stripe-Signature``
-        header). PaymentError for a missing or wrong signature, a tampered body, a timestamp
-        older than the tolerance, or a body that is not a Stripe event."""
+        header), a snapshot event or a thin event notification; a thin event's related
+        object is fetched from Stripe and the event reads like the snapshot event it stands
+        for. PaymentError for a missing or wrong signature, a tampered body, a timestamp more
+        than the tolerance in the past or in the future, a body that is not a Stripe event,
+        or a related object Stripe did not give."""
+        text = _text(payload)
         try:
-            event = self._stripe.construct_event(
-                payload, signature, self._webhook_secret, self._tolerance
+            stripe.WebhookSignature.verify_header(
+                text, signature, self._webhook_secret, self._tolerance
             )
+            _refuse_future(text, signature or "", self._tolerance)
         except stripe.SignatureVerificationError as e:
             raise PaymentError(f"webhook rejected: {e.user_message or e}", e) from e
-        except ValueError as e:
-            raise PaymentError(f"webhook rejected: the body is not a Stripe event ({e})", e) from e
-        return webhook_event(event.to_dict())
+        return self.parse_event(text)
 
-    def refund(self, order: Order) -> Order:
-        """Refund the whole payment of the order's current intent (idempotent per order and
-        intent); PaymentError when Stripe reports the refund failed or canceled."""
+    def parse_event(self, payload: bytes | str) -> WebhookEvent:
+        """The event of a payload verified when it was received, read again without a
+        signature (to replay a stored event); a thin event's related object is fetched
+        again. PaymentError when the payload is not a Stripe event."""
+        text = _text(payload)
+        try:
+            body = json.loads(text)
+            if not isinstance(body, dict):
+                raise ValueError(f"a JSON {type(body).__name__}, not an object")
+            if body.get("object") == THIN_EVENT:
+                notification = self._stripe.parse_event_notification_without_verification(text)
+                related = (
+                    self._related_object(notification)
+                    if concerns_orders(notification.type)
+                    else None
+                )
+                return thin_webhook_event(body, related, text)
+            event = self._stripe.construct_event_without_verification(text)
+        except (ValueError, KeyError, TypeError) as e:
+            raise PaymentError(f"webhook rejected: the body is not a Stripe event ({e})", e) from e
+        return webhook_event(event.to_dict(), text)
+
+    def _related_object(self, notification: EventNotification) -> dict[str, Any]:
+        """The related object of a thin event, fetched from Stripe now."""
+        fetch = getattr(notification, "fetch_related_object", None)
+        if not callable(fetch):
+            raise PaymentError(
+                f"thin event {notification.id} ({notification.type}) names no related object"
+            )
+        with _gateway(f"fetching the object of event {notification.id}"):
+            related = fetch()
+        if not isinstance(related, stripe.StripeObject):
+            raise PaymentError(
+                f"thin event {notification.id} ({notification.type}) names no related object"
+            )
+        return related.to_dict()
+
+    # -- refunds ---------------------------------------------------------------------------
+
+    def refund(self, order: Order, amount: Decimal | None = None) -> Order:
+        """Refund ``amount`` of the payment of the order's current intent (None: all that is
+        left of ``order.total - order.refunded_amount``), in minor units, with the
+        idempotency key ``usercredits-order-<order id>-refund-<intent id>-to-<total refunded
+        after it, in minor units>``: retried for the same order and amount, it refunds
+        nothing more. A copy of the order ``partial`` or ``refunded`` with one history entry
+        carrying the refund as JSON.
+
+        InvalidPaymentError (``VALIDATION``), before anything is sent, for an amount that is
+        not positive, exceeds what is left or is not an exact amount of the currency;
+        PaymentError when Stripe reports the refund failed or canceled. An order never
+        charged through Stripe is refunded without asking Stripe."""
         intent_id = order.payment_intent_id
         if not intent_id:
             result = copy.deepcopy(order)
-            result.status = Status.REFUNDED
+            result.status = Status.REFUNDED if amount is None else Status.PARTIAL
             result.history.append(
-                OrderStatus(status=Status.REFUNDED, message="Nothing was charged through Stripe")
+                OrderStatus(status=result.status, message="Nothing was charged through Stripe")
             )
             return result
+        currency = order.currency or ""
+        part = order.refundable_amount if amount is None else amount
+        if not isinstance(part, Decimal) or part > order.refundable_amount:
+            raise InvalidPaymentError(
+                f"order {order.id} has {order.refundable_amount} {currency} left to refund "
+                f"of {order.total}; {part!r} asked",
+                PaymentErrorCode.VALIDATION,
+                order.id,
+            )
+        try:
+            minor = to_minor_units(part, currency)
+            refunded = minor + _minor_or_zero(order.refunded_amount, currency)
+        except InvalidPaymentError as e:
+            raise InvalidPaymentError(f"order {order.id}: {e}", e.code, order.id) from None
         with _gateway(f"refunding payment intent {intent_id} of order {order.id}"):
             refund = self._stripe.v1.refunds.create(
-                params={"payment_intent": intent_id},
-                options={"idempotency_key": f"usercredits-order-{order.id}-refund-{intent_id}"},
+                params={
+                    "payment_intent": intent_id,
+                    "amount": minor,
+                    "metadata": {"order_id": str(order.id)},
+                },
+                options={
+                    "idempotency_key": f"usercredits-order-{order.id}-refund-{intent_id}"
+                    f"-to-{refunded}"
+                },
             )
         data = refund.to_dict()
-        if data.get("status") in _REFUND_FAILED:
+        if refund_failed(data):
             raise PaymentError(
                 f"refund {data.get('id')} of order {order.id} {data.get('status')}: "
                 f"{data.get('failure_reason') or 'no reason given'}"
             )
-        return refunded_order(order, data)
+        return refunded_order(order, data, order.refunded_amount + part)
 
-    # -- customers and balances --------------------------------------------------------
+    # -- customers and balances ------------------------------------------------------------
 
     def ensure_customer(self, user_id: UserId, email: str) -> str:
-        """The id of the Stripe customer with this e-mail, created (with ``metadata.user_id``)
-        when none exists; remembered for the user so the user's next intents attach to it.
-        Concurrent first calls for one user and e-mail create one customer (idempotency key)."""
+        """The id of the user's Stripe customer, the same in every process.
+
+        The customer stored for the user is reused (whatever e-mail is asked); else the
+        Stripe customer with this e-mail is taken (the one whose ``metadata.user_id`` names
+        the user, else the oldest), else one is created with ``metadata.user_id`` and an
+        idempotency key derived from the e-mail; then it is stored. At most one customer is
+        stored per user and per e-mail: when two processes ask at once, the one whose store
+        loses returns the customer the other stored.
+
+        ValueError for a missing user id or e-mail address; InvalidPaymentError
+        (``VALIDATION``) when the e-mail's customer is stored for another user; PaymentError
+        for Stripe failures, or when the client has no customer store."""
         if user_id is None or (isinstance(user_id, str) and not user_id):
             raise ValueError(f"a user id is required, got {user_id!r}")
         if not isinstance(email, str) or "@" not in email:
             raise ValueError(f"an e-mail address is required, got {email!r}")
-        with _gateway(f"looking up the customer {email!r}"):
-            found = self._stripe.v1.customers.list(params={"email": email, "limit": 1})
-        if found.data:
-            customer_id = found.data[0].id
-        else:
-            digest = hashlib.sha256(f"{email}\n{user_id}".encode()).hexdigest()
-            with _gateway(f"creating the customer {email!r}"):
-                customer = self._stripe.v1.customers.create(
-                    params={"email": email, "metadata": {"user_id": str(user_id)}},
-                    options={"idempotency_key": f"usercredits-customer-{digest}"},
-                )
-            customer_id = customer.id
-        with self._lock:
-            self._customers[user_id] = customer_id
+        customers = self._customer_store()
+        stored = self._stored(customers, user_id, email)
+        if stored is not None:
+            return stored
+        customer_id = self._find_or_create(user_id, email)
+        try:
+            customers.create(stored_customer(customer_id, user_id, email, self._clock()))
+        except DuplicateEntityError:
+            stored = self._stored(customers, user_id, email)
+            if stored is None:
+                raise
+            return stored
         return customer_id
 
+    def _stored(self, customers: CustomerDao, user_id: UserId, email: str) -> str | None:
+        """The customer stored for the user; InvalidPaymentError when the e-mail's customer
+        is another user's."""
+        mine = customers.find_by_user(PROCESSOR, user_id)
+        if mine is not None:
+            return mine.customer_id
+        theirs = customers.find_by_email(PROCESSOR, email)
+        if theirs is not None:
+            raise InvalidPaymentError(
+                f"the Stripe customer {theirs.customer_id} of {email!r} is stored for user "
+                f"{theirs.user_id!r}, not for user {user_id!r}",
+                PaymentErrorCode.VALIDATION,
+            )
+        return None
+
+    def _find_or_create(self, user_id: UserId, email: str) -> str:
+        with _gateway(f"looking up the customer {email!r}"):
+            found = self._stripe.v1.customers.list(params={"email": email, "limit": 100})
+        existing = customer_for([c.to_dict() for c in found.data], user_id)
+        if existing is not None:
+            return existing
+        digest = hashlib.sha256(email.encode()).hexdigest()
+        with _gateway(f"creating the customer {email!r}"):
+            customer = self._stripe.v1.customers.create(
+                params={"email": email, "metadata": {"user_id": str(user_id)}},
+                options={"idempotency_key": f"usercredits-customer-{digest}"},
+            )
+        return customer.id
+
     def customer_id(self, user_id: UserId) -> str | None:
-        """The Stripe customer remembered for the user, None before :meth:`ensure_customer`."""
-        with self._lock:
-            return self._customers.get(user_id)
+        """The Stripe customer stored for the user; None when there is none, or when the
+        client has no customer store."""
+        if self._customers is None:
+            return None
+        stored = self._customers.find_by_user(PROCESSOR, user_id)
+        return None if stored is None else stored.customer_id
+
+    def _customer_store(self) -> CustomerDao:
+        if self._customers is None:
+            raise PaymentError(
+                "this StripePaymentClient has no customer store: pass "
+                "customers=dao_factory.get_customer_dao() (or give StripeContainer the "
+                "application's dao_factory)"
+            )
+        return self._customers
 
     def check_user_balance(self, user_id: UserId) -> Decimal:
         """Like :meth:`fetch_user_balance`, answered from a reading at most
@@ -211,14 +361,16 @@ class StripePaymentClient(PaymentClient):
         return self.fetch_user_balance(user_id)
 
     def fetch_user_balance(self, user_id: UserId) -> Decimal:
-        """The credit the user's Stripe customer holds, in major units of the customer's
-        currency, read from Stripe now: positive when Stripe owes the customer (a negative
-        Stripe ``balance``), negative when the customer owes. PaymentError when no customer
-        is known for the user (call :meth:`ensure_customer` first)."""
+        """The credit the user's stored Stripe customer holds, in major units of the
+        customer's currency, read from Stripe now: positive when Stripe owes the customer (a
+        negative Stripe ``balance``), negative when the customer owes. Works in any process
+        sharing the customer store. PaymentError when no customer is stored for the user
+        (call :meth:`ensure_customer` first) or the client has no customer store."""
+        self._customer_store()
         customer_id = self.customer_id(user_id)
         if customer_id is None:
             raise PaymentError(
-                f"no Stripe customer is known for user {user_id!r}; call ensure_customer first"
+                f"no Stripe customer is stored for user {user_id!r}; call ensure_customer first"
             )
         with _gateway(f"retrieving customer {customer_id}"):
             customer = self._stripe.v1.customers.retrieve(customer_id)
@@ -226,6 +378,34 @@ class StripePaymentClient(PaymentClient):
         with self._lock:
             self._balances[user_id] = (self._clock(), credit)
         return credit
+
+
+def _text(payload: bytes | str) -> str:
+    """The webhook body as text (Stripe signs its UTF-8 text)."""
+    if isinstance(payload, str):
+        return payload
+    try:
+        return bytes(payload).decode("utf-8")
+    except (UnicodeDecodeError, TypeError) as e:
+        raise PaymentError(f"webhook rejected: the body is not UTF-8 text ({e})", e) from e
+
+
+def _refuse_future(payload: str, header: str, tolerance: int) -> None:
+    """Raise SignatureVerificationError, as the SDK does for an old timestamp, when the
+    (verified) header's timestamp is more than ``tolerance`` seconds in the future."""
+    stamps = [item.split("=", 1)[1] for item in header.split(",") if item.startswith("t=")]
+    timestamp = int(stamps[0])
+    if timestamp > time.time() + tolerance:
+        raise stripe.SignatureVerificationError(  # type: ignore[no-untyped-call]
+            f"Timestamp outside the tolerance zone ({timestamp}): {timestamp - int(time.time())} "
+            "seconds in the future",
+            header,
+            payload,
+        )
+
+
+def _minor_or_zero(amount: Decimal, currency: str) -> int:
+    return 0 if amount == 0 else to_minor_units(amount, currency)
 
 
 @contextlib.contextmanager

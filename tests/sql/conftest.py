@@ -106,6 +106,12 @@ class PostgresServer:
             self._made.append(name)
         return name
 
+    def create_empty_database(self) -> str:
+        """A new database without any table; its name (drop it with :meth:`drop_database`)."""
+        name = f"usercredits_empty_{uuid.uuid4().hex[:16]}"
+        self._execute(f'CREATE DATABASE "{name}"')
+        return name
+
     def drop_database(self, name: str) -> None:
         self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -199,6 +199,44 @@ def test_the_metadata_holds_every_table_of_the_backend_prefixed() -> None:
     ]
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_factories_opened_at_once_on_a_new_database_create_its_schema_once(
+    request: pytest.FixtureRequest, tmp_path: Path, database: str
+) -> None:
+    if database == "sqlite":
+        url, drop = f"sqlite:///{tmp_path / 'new.db'}", None
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        name = server.create_empty_database()
+        url, drop = server.url_of(name).render_as_string(hide_password=False), name
+    start = threading.Barrier(4)
+    opened: list[SqlDaoFactory | Exception] = []
+
+    def open_one() -> None:
+        start.wait(30)
+        try:
+            opened.append(SqlDaoFactory.from_url(url))
+        except Exception as e:
+            opened.append(e)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    try:
+        assert [type(f) for f in opened] == [SqlDaoFactory] * 4
+        factories = [f for f in opened if isinstance(f, SqlDaoFactory)]
+        factories[0].get_offer_dao().create(pack())
+        assert factories[-1].get_offer_dao().count() == 1
+    finally:
+        for factory in opened:
+            if isinstance(factory, SqlDaoFactory):
+                factory.close()
+        if drop is not None:
+            request.getfixturevalue("postgres_server").drop_database(drop)
+
+
 def test_a_schema_made_by_the_applications_migrations_is_used_as_is(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'migrated.db'}"
     engine = sa.create_engine(url)
@@ -365,5 +403,38 @@ def test_the_container_provides_a_factory_the_core_container_uses(tmp_path: Path
         offer = service.get_dao_factory().get_offer_dao().create(pack(price="0"))
         service.create_order(offer.id, "alice")
         assert service.remaining_tokens("alice", "pack") == 10
+    finally:
+        sql.shutdown_resources()
+
+
+def test_the_container_gives_one_factory_per_container(tmp_path: Path) -> None:
+    sql = SqlContainer(config={"url": f"sqlite:///{tmp_path / 'wired.db'}"})
+    try:
+        assert sql.dao_factory() is sql.dao_factory()
+    finally:
+        sql.shutdown_resources()
+
+
+def test_threads_asking_a_fresh_container_at_once_share_one_factory(tmp_path: Path) -> None:
+    sql = SqlContainer(config={"url": f"sqlite:///{tmp_path / 'wired.db'}"})
+    core = UserCreditsContainer(dao_factory=sql.dao_factory)
+    start = threading.Barrier(8)
+    services: list[PaymentService] = []
+    factories: list[object] = []
+
+    def ask() -> None:
+        start.wait(timeout=10)
+        factories.append(sql.dao_factory())
+        services.append(core.service())
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert len({id(s) for s in services}) == 1
+        assert len({id(f) for f in factories}) == 1
+        assert services[0].get_dao_factory() is factories[0]
     finally:
         sql.shutdown_resources()

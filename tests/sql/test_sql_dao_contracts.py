@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from usercredits.testing import dao_contracts
 from usercredits.testing.dao_contracts import (
+    CustomerDaoContract,
     OfferDaoContract,
     OrderDaoContract,
     TokenTimetableDaoContract,
     UserCreditsDaoContract,
+    WebhookEventDaoContract,
 )
 
 from .conftest import PostgresBackend, SqliteBackend
@@ -30,6 +32,14 @@ class TestSqliteUserCreditsDao(SqliteBackend, UserCreditsDaoContract):
     pass
 
 
+class TestSqliteCustomerDao(SqliteBackend, CustomerDaoContract):
+    pass
+
+
+class TestSqliteWebhookEventDao(SqliteBackend, WebhookEventDaoContract):
+    pass
+
+
 class TestPostgresOfferDao(PostgresBackend, OfferDaoContract):
     pass
 
@@ -43,6 +53,14 @@ class TestPostgresTokenTimetableDao(PostgresBackend, TokenTimetableDaoContract):
 
 
 class TestPostgresUserCreditsDao(PostgresBackend, UserCreditsDaoContract):
+    pass
+
+
+class TestPostgresCustomerDao(PostgresBackend, CustomerDaoContract):
+    pass
+
+
+class TestPostgresWebhookEventDao(PostgresBackend, WebhookEventDaoContract):
     pass
 
 

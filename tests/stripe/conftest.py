@@ -4,22 +4,24 @@ Two doubles of Stripe are used:
 
 - ``FakeStripe``, a transport plugged into the SDK (``http_client=``): the SDK
   builds its real requests and parses real-looking responses, while intents,
-  customers and refunds live in dicts the tests can shape (any intent status,
-  amount mismatches, failures). It honours idempotency keys like Stripe does.
+  charges, refunds, disputes and customers live in dicts the tests can shape (any
+  intent status, amount mismatches, failed refunds). It honours idempotency keys
+  like Stripe does, and answers several threads at once.
 - ``localstripe``, a stateful fake Stripe server, started once per session in a
   subprocess on 127.0.0.1 and emptied before each test that uses it.
+
+Webhook payloads are built and signed by :mod:`payloads`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import itertools
 import json
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -42,7 +44,8 @@ from usercredits import (
 )
 from usercredits_stripe import StripePaymentClient
 
-WEBHOOK_SECRET = "whsec_test_usercredits"
+from .payloads import WEBHOOK_SECRET, charge, sign
+
 API_KEY = "sk_test_usercredits"
 START = datetime(2030, 1, 15, 12, 0, tzinfo=UTC)
 
@@ -62,7 +65,8 @@ class FakeRequest:
 
 
 class FakeStripe(stripe.HTTPClient):
-    """Stripe's API for intents, customers and refunds, answered from memory."""
+    """Stripe's API for intents, charges, refunds, disputes and customers, answered from
+    memory."""
 
     name = "fake"
 
@@ -70,13 +74,16 @@ class FakeStripe(stripe.HTTPClient):
         super().__init__()
         self.requests: list[FakeRequest] = []
         self.intents: dict[str, dict[str, Any]] = {}
-        self.customers: dict[str, dict[str, Any]] = {}
+        self.charges: dict[str, dict[str, Any]] = {}
         self.refunds: dict[str, dict[str, Any]] = {}
+        self.disputes: dict[str, dict[str, Any]] = {}
+        self.customers: dict[str, dict[str, Any]] = {}
         self.refund_status = "succeeded"
         self.offline = False
         self.error: tuple[int, dict[str, Any]] | None = None
         self._ids = itertools.count(1)
         self._replies: dict[str, tuple[str, int, dict[str, str]]] = {}
+        self._lock = threading.RLock()
 
     def request(  # type: ignore[override]
         self,
@@ -93,24 +100,71 @@ class FakeStripe(stripe.HTTPClient):
         query = post_data if method.lower() == "post" else split.query
         params = dict(parse_qsl(query or "", keep_blank_values=True))
         request = FakeRequest(method.lower(), split.path, params, dict(headers or {}))
-        self.requests.append(request)
-        if self.error is not None:
-            status, error = self.error
-            return json.dumps({"error": error}), status, {}
-        key = request.headers.get("Idempotency-Key")
-        if request.method == "post" and key in self._replies:
-            return self._replies[key]
-        status, body = self._answer(request)
-        reply: tuple[str, int, dict[str, str]] = (json.dumps(body), status, {})
-        if request.method == "post" and key and status < 400:
-            self._replies[key] = reply
-        return reply
+        with self._lock:
+            self.requests.append(request)
+            if self.error is not None:
+                status, error = self.error
+                return json.dumps({"error": error}), status, {}
+            key = request.headers.get("Idempotency-Key")
+            if request.method == "post" and key in self._replies:
+                return self._replies[key]
+            status, body = self._answer(request)
+            reply: tuple[str, int, dict[str, str]] = (json.dumps(body), status, {})
+            if request.method == "post" and key and status < 400:
+                self._replies[key] = reply
+            return reply
 
     def close(self) -> None:
         pass
 
     def posts(self, path: str) -> list[FakeRequest]:
         return [r for r in self.requests if r.method == "post" and r.path == path]
+
+    def gets(self, path: str) -> list[FakeRequest]:
+        return [r for r in self.requests if r.method == "get" and r.path == path]
+
+    def succeed(self, intent_id: str) -> dict[str, Any]:
+        """Make the intent succeed with a charge of its amount; the charge."""
+        with self._lock:
+            intent = self.intents[intent_id]
+            paid = charge(
+                intent_id,
+                amount=intent["amount"],
+                currency=intent["currency"],
+                order_id=intent["metadata"].get("order_id"),
+                charge_id=self._id("ch"),
+            )
+            self.charges[paid["id"]] = paid
+            intent.update(status="succeeded", amount_received=intent["amount"])
+            intent["latest_charge"] = paid["id"]
+            return paid
+
+    def put(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Keep a Stripe object (a charge, refund, dispute or intent) to be retrieved."""
+        tables = {
+            "charge": self.charges,
+            "refund": self.refunds,
+            "dispute": self.disputes,
+            "payment_intent": self.intents,
+        }
+        with self._lock:
+            tables[obj["object"]][obj["id"]] = obj
+        return obj
+
+    def put_customer(self, email: str, metadata: dict[str, str]) -> str:
+        """Keep a customer created by someone else (a dashboard, another system); its id."""
+        with self._lock:
+            customer_id = self._id("cus")
+            self.customers[customer_id] = {
+                "id": customer_id,
+                "object": "customer",
+                "created": 1721948530 + len(self.customers),
+                "email": email,
+                "metadata": metadata,
+                "balance": 0,
+                "currency": None,
+            }
+            return customer_id
 
     def _id(self, prefix: str) -> str:
         return f"{prefix}_fake{next(self._ids)}"
@@ -135,40 +189,55 @@ class FakeStripe(stripe.HTTPClient):
                 "cancellation_reason": None,
             }
             return 200, self.intents[intent_id]
-        if parts[:1] == ["payment_intents"] and len(parts) == 2 and parts[1] in self.intents:
-            return 200, self.intents[parts[1]]
         if parts == ["refunds"] and request.method == "post":
-            intent = self.intents[p["payment_intent"]]
-            refund_id = self._id("re")
-            self.refunds[refund_id] = {
-                "id": refund_id,
-                "object": "refund",
-                "amount": intent["amount"],
-                "currency": intent["currency"],
-                "payment_intent": intent["id"],
-                "status": self.refund_status,
-                "failure_reason": "expired_or_canceled_card"
-                if self.refund_status == "failed"
-                else None,
-            }
-            return 200, self.refunds[refund_id]
+            return self._refund(request)
         if parts == ["customers"] and request.method == "post":
-            customer_id = self._id("cus")
-            self.customers[customer_id] = {
-                "id": customer_id,
-                "object": "customer",
-                "email": p.get("email"),
-                "metadata": request.metadata(),
-                "balance": 0,
-                "currency": None,
-            }
+            customer_id = self.put_customer(p.get("email", ""), request.metadata())
             return 200, self.customers[customer_id]
         if parts == ["customers"]:
             found = [c for c in self.customers.values() if c["email"] == p.get("email")]
-            return 200, {"object": "list", "data": found[:1], "has_more": False, "url": "/v1/x"}
-        if parts[:1] == ["customers"] and len(parts) == 2 and parts[1] in self.customers:
-            return 200, self.customers[parts[1]]
+            found.sort(key=lambda c: c["created"], reverse=True)
+            limit = int(p.get("limit") or 10)
+            page = {"object": "list", "data": found[:limit], "has_more": False, "url": "/v1/x"}
+            return 200, page
+        tables = {
+            "payment_intents": self.intents,
+            "charges": self.charges,
+            "refunds": self.refunds,
+            "disputes": self.disputes,
+            "customers": self.customers,
+        }
+        if len(parts) == 2 and parts[0] in tables and parts[1] in tables[parts[0]]:
+            return 200, tables[parts[0]][parts[1]]
         return 404, {"error": {"type": "invalid_request_error", "message": "No such object"}}
+
+    def _refund(self, request: FakeRequest) -> tuple[int, dict[str, Any]]:
+        p = request.params
+        intent = self.intents[p["payment_intent"]]
+        paid = self.charges.get(intent.get("latest_charge") or "")
+        refunded = 0 if paid is None else paid["amount_refunded"]
+        amount = int(p.get("amount") or intent["amount"] - refunded)
+        if refunded + amount > intent["amount"]:
+            message = f"Refund amount ({amount}) is greater than unrefunded amount on charge"
+            return 400, {"error": {"type": "invalid_request_error", "message": message}}
+        refund_id = self._id("re")
+        self.refunds[refund_id] = {
+            "id": refund_id,
+            "object": "refund",
+            "amount": amount,
+            "charge": None if paid is None else paid["id"],
+            "currency": intent["currency"],
+            "metadata": request.metadata(),
+            "payment_intent": intent["id"],
+            "status": self.refund_status,
+            "failure_reason": "expired_or_canceled_card"
+            if self.refund_status == "failed"
+            else None,
+        }
+        if paid is not None and self.refund_status not in ("failed", "canceled"):
+            paid["amount_refunded"] = refunded + amount
+            paid["refunded"] = paid["amount_refunded"] >= paid["amount"]
+        return 200, self.refunds[refund_id]
 
 
 # -- a service on the in-memory backend ------------------------------------------------
@@ -241,8 +310,14 @@ def _catalogue() -> list[Offer]:
     ]
 
 
-def make_shop(client: StripePaymentClient, clock: FrozenClock | None = None) -> Shop:
-    factory = InMemoryDaoFactory()
+def make_shop(
+    client: StripePaymentClient,
+    clock: FrozenClock | None = None,
+    factory: InMemoryDaoFactory | None = None,
+) -> Shop:
+    """A shop on ``factory`` (a new in-memory one by default), which should be the one whose
+    customer DAO the client was given."""
+    factory = factory or InMemoryDaoFactory()
     clock = clock or FrozenClock(START)
     offers = {o.key or "": factory.get_offer_dao().create(o) for o in _catalogue()}
     service = PaymentService(factory, client, clock=clock)
@@ -260,31 +335,30 @@ def clock() -> FrozenClock:
 
 
 @pytest.fixture
-def client(fake_stripe: FakeStripe, clock: FrozenClock) -> StripePaymentClient:
+def factory() -> InMemoryDaoFactory:
+    return InMemoryDaoFactory()
+
+
+@pytest.fixture
+def client(
+    fake_stripe: FakeStripe, clock: FrozenClock, factory: InMemoryDaoFactory
+) -> StripePaymentClient:
     return StripePaymentClient(
         API_KEY,
         WEBHOOK_SECRET,
         http_client=fake_stripe,
         max_network_retries=0,
         clock=clock,
+        customers=factory.get_customer_dao(),
     )
 
 
 @pytest.fixture
-def shop(client: StripePaymentClient, clock: FrozenClock) -> Shop:
-    return make_shop(client, clock)
+def shop(client: StripePaymentClient, clock: FrozenClock, factory: InMemoryDaoFactory) -> Shop:
+    return make_shop(client, clock, factory)
 
 
 # -- webhook signatures ----------------------------------------------------------------
-
-
-def sign(payload: str | bytes, secret: str = WEBHOOK_SECRET, timestamp: int | None = None) -> str:
-    """A ``Stripe-Signature`` header computed here: ``t=<unix time>,v1=<HMAC-SHA256 hex>`` of
-    ``"<t>.<payload>"`` keyed with the endpoint secret."""
-    body = payload if isinstance(payload, bytes) else payload.encode()
-    moment = int(time.time()) if timestamp is None else timestamp
-    digest = hmac.new(secret.encode(), f"{moment}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={moment},v1={digest}"
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -10,7 +9,10 @@ import pytest
 import stripe
 
 from usercredits import (
+    InvalidInputError,
     InvalidPaymentError,
+    LedgerReason,
+    Order,
     PaymentError,
     PaymentErrorCode,
     Status,
@@ -18,11 +20,6 @@ from usercredits import (
 from usercredits_stripe import StripePaymentClient
 
 USER = "user-1"
-
-
-def _succeed(fake: Any, intent_id: str) -> None:
-    intent = fake.intents[intent_id]
-    intent.update(status="succeeded", amount_received=intent["amount"])
 
 
 # -- payment intents -------------------------------------------------------------------
@@ -148,7 +145,7 @@ def test_a_succeeded_intent_settles_the_order_and_grants_its_tokens(
     shop: Any, fake_stripe: Any
 ) -> None:
     order = shop.service.create_order(shop.offer("pack").id, USER)
-    _succeed(fake_stripe, order.payment_intent_id)
+    fake_stripe.succeed(order.payment_intent_id)
 
     credits = shop.service.after_execute(order.id)
 
@@ -171,38 +168,160 @@ def test_a_short_payment_grants_nothing(shop: Any, fake_stripe: Any) -> None:
 # -- refunds ---------------------------------------------------------------------------
 
 
-def test_a_refund_refunds_the_orders_intent_and_revokes_unused_tokens(
-    shop: Any, fake_stripe: Any
-) -> None:
-    order = shop.service.create_order(shop.offer("pack").id, USER)
-    _succeed(fake_stripe, order.payment_intent_id)
+@pytest.fixture
+def paid(shop: Any, fake_stripe: Any) -> Order:
+    """A paid order of 100 tokens for 19.99 usd, 30 of them consumed."""
+    order: Order = shop.service.create_order(shop.offer("pack").id, USER)
+    fake_stripe.succeed(order.payment_intent_id)
     shop.service.after_execute(order.id)
     shop.service.tokens_consumed(USER, "ai", 30)
+    return order
 
-    refunded = shop.service.refund(order.id)
+
+def _stored(shop: Any, order: Order) -> Order:
+    found: Order = shop.service.get_dao_factory().get_order_dao().find_by_id(order.id)
+    return found
+
+
+def _refund_lines(shop: Any) -> list[int]:
+    lines = shop.service.get_dao_factory().get_token_timetable_dao().find({"user_id": USER})
+    return [line.tokens for line in lines if line.reason is LedgerReason.REFUND]
+
+
+def test_a_refund_refunds_what_is_left_of_the_intent_and_revokes_unused_tokens(
+    shop: Any, fake_stripe: Any, paid: Order
+) -> None:
+    refunded = shop.service.refund(paid.id)
 
     (request,) = fake_stripe.posts("/v1/refunds")
-    assert request.params == {"payment_intent": order.payment_intent_id}
-    assert request.headers["Idempotency-Key"] == (
-        f"usercredits-order-{order.id}-refund-{order.payment_intent_id}"
-    )
+    assert request.params == {
+        "payment_intent": paid.payment_intent_id,
+        "amount": "1999",
+        "metadata[order_id]": str(paid.id),
+    }
     assert refunded.status is Status.REFUNDED
     assert '"object": "refund"' in (refunded.history[-1].payload or "")
     assert shop.service.remaining_tokens(USER, "ai") == 0
 
 
-def test_a_failed_refund_leaves_the_order_paid(shop: Any, fake_stripe: Any) -> None:
-    order = shop.service.create_order(shop.offer("pack").id, USER)
-    _succeed(fake_stripe, order.payment_intent_id)
+def test_the_refund_key_names_the_order_the_intent_and_the_total_refunded_after_it(
+    shop: Any, fake_stripe: Any, paid: Order
+) -> None:
+    shop.service.refund(paid.id, Decimal("5.00"))
+    shop.service.refund(paid.id)
+
+    keys = [r.headers["Idempotency-Key"] for r in fake_stripe.posts("/v1/refunds")]
+    prefix = f"usercredits-order-{paid.id}-refund-{paid.payment_intent_id}"
+    assert keys == [f"{prefix}-to-500", f"{prefix}-to-1999"]
+
+
+def test_a_partial_refund_is_sent_in_minor_units_and_marks_the_order_partial(
+    shop: Any, fake_stripe: Any, paid: Order
+) -> None:
+    refunded = shop.service.refund(paid.id, Decimal("5.00"))
+
+    (request,) = fake_stripe.posts("/v1/refunds")
+    assert request.params["amount"] == "500"
+    assert (refunded.status, refunded.refunded_amount) == (Status.PARTIAL, Decimal("5.00"))
+    assert _refund_lines(shop) == [-25]
+    assert "5.00 of 19.99 usd refunded" in refunded.history[-1].message
+
+
+def test_a_full_refund_after_a_partial_one_refunds_the_rest(
+    shop: Any, fake_stripe: Any, paid: Order
+) -> None:
+    shop.service.refund(paid.id, Decimal("5.00"))
+
+    refunded = shop.service.refund(paid.id)
+
+    amounts = [r.params["amount"] for r in fake_stripe.posts("/v1/refunds")]
+    assert amounts == ["500", "1499"]
+    assert refunded.status is Status.REFUNDED
+    assert _refund_lines(shop) == [-25, -45]
+
+
+def test_a_zero_decimal_currency_is_refunded_in_whole_units(shop: Any, fake_stripe: Any) -> None:
+    order = shop.service.create_order(shop.offer("yen").id, USER)
+    fake_stripe.succeed(order.payment_intent_id)
     shop.service.after_execute(order.id)
+
+    shop.service.refund(order.id, Decimal(200))
+
+    (request,) = fake_stripe.posts("/v1/refunds")
+    assert request.params["amount"] == "200"
+
+
+def test_a_retried_refund_refunds_nothing_more(shop: Any, fake_stripe: Any, paid: Order) -> None:
+    order = _stored(shop, paid)
+
+    first = shop.client.refund(order, Decimal("5.00"))
+    retried = shop.client.refund(order, Decimal("5.00"))
+
+    assert len(fake_stripe.refunds) == 1
+    assert retried.history[-1].payload == first.history[-1].payload
+    charge = fake_stripe.charges[fake_stripe.intents[paid.payment_intent_id]["latest_charge"]]
+    assert charge["amount_refunded"] == 500
+
+
+def test_the_client_returns_a_copy_with_one_entry(shop: Any, paid: Order) -> None:
+    order = _stored(shop, paid)
+
+    refunded = shop.client.refund(order, Decimal("5.00"))
+
+    assert len(refunded.history) == len(order.history) + 1
+    assert refunded.history[-1].status is Status.PARTIAL
+    assert (order.status, order.refunded_amount) == (Status.PAID, Decimal(0))
+
+
+@pytest.mark.parametrize("amount", [Decimal("15.00"), Decimal("20.00"), Decimal(100)])
+def test_the_client_refuses_more_than_what_is_left_before_asking_stripe(
+    shop: Any, fake_stripe: Any, paid: Order, amount: Decimal
+) -> None:
+    order = _stored(shop, paid)
+    order.refunded_amount = Decimal("5.00")
+    sent = len(fake_stripe.requests)
+
+    with pytest.raises(InvalidPaymentError, match="left to refund") as caught:
+        shop.client.refund(order, amount)
+
+    assert caught.value.code is PaymentErrorCode.VALIDATION
+    assert len(fake_stripe.requests) == sent
+
+
+@pytest.mark.parametrize("amount", [Decimal("0.005"), Decimal(0), Decimal(-1), 5.0])
+def test_the_client_refuses_an_amount_stripe_cannot_refund_exactly(
+    shop: Any, fake_stripe: Any, paid: Order, amount: Any
+) -> None:
+    sent = len(fake_stripe.requests)
+
+    with pytest.raises(InvalidPaymentError):
+        shop.client.refund(_stored(shop, paid), amount)
+
+    assert len(fake_stripe.requests) == sent
+
+
+def test_the_service_refuses_more_than_what_is_left_with_nothing_changed(
+    shop: Any, fake_stripe: Any, paid: Order
+) -> None:
+    shop.service.refund(paid.id, Decimal("15.00"))
+
+    with pytest.raises(InvalidInputError, match="left to refund"):
+        shop.service.refund(paid.id, Decimal("5.00"))
+
+    assert len(fake_stripe.posts("/v1/refunds")) == 1
+    stored = _stored(shop, paid)
+    assert (stored.status, stored.refunded_amount) == (Status.PARTIAL, Decimal("15.00"))
+
+
+def test_a_failed_refund_leaves_the_order_paid(shop: Any, fake_stripe: Any, paid: Order) -> None:
     fake_stripe.refund_status = "failed"
 
     with pytest.raises(PaymentError, match="failed"):
-        shop.service.refund(order.id)
+        shop.service.refund(paid.id, Decimal("5.00"))
 
-    stored = shop.service.get_dao_factory().get_order_dao().find_by_id(order.id)
-    assert stored.status is Status.PAID
-    assert shop.service.remaining_tokens(USER, "ai") == 100
+    stored = _stored(shop, paid)
+    assert (stored.status, stored.refunded_amount) == (Status.PAID, Decimal(0))
+    assert shop.service.remaining_tokens(USER, "ai") == 70
 
 
 def test_refunding_a_free_order_asks_nothing_of_stripe(shop: Any, fake_stripe: Any) -> None:
@@ -212,94 +331,6 @@ def test_refunding_a_free_order_asks_nothing_of_stripe(shop: Any, fake_stripe: A
 
     assert refunded.status is Status.REFUNDED
     assert fake_stripe.requests == []
-
-
-# -- customers -------------------------------------------------------------------------
-
-
-def test_a_new_email_gets_a_customer_with_the_user_id(shop: Any, fake_stripe: Any) -> None:
-    customer_id = shop.client.ensure_customer(USER, "ada@example.com")
-
-    assert fake_stripe.customers[customer_id]["email"] == "ada@example.com"
-    assert fake_stripe.customers[customer_id]["metadata"] == {"user_id": USER}
-
-
-def test_a_known_email_reuses_its_customer(shop: Any, fake_stripe: Any) -> None:
-    first = shop.client.ensure_customer(USER, "ada@example.com")
-
-    second = shop.client.ensure_customer(USER, "ada@example.com")
-
-    assert second == first
-    assert len(fake_stripe.customers) == 1
-    assert len(fake_stripe.posts("/v1/customers")) == 1
-
-
-def test_a_customer_created_elsewhere_is_found_by_email(shop: Any, fake_stripe: Any) -> None:
-    existing = StripePaymentClient(
-        "sk_test_other", "whsec_other", http_client=fake_stripe, max_network_retries=0
-    ).ensure_customer("someone", "ada@example.com")
-
-    assert shop.client.ensure_customer(USER, "ada@example.com") == existing
-    assert shop.client.customer_id(USER) == existing
-
-
-@pytest.mark.parametrize("email", ["", "not an address", None])
-def test_a_customer_needs_an_email(shop: Any, email: Any) -> None:
-    with pytest.raises(ValueError, match="e-mail"):
-        shop.client.ensure_customer(USER, email)
-
-
-# -- balances --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("balance", "currency", "credit"),
-    [
-        (-1234, "usd", Decimal("12.34")),
-        (500, "jpy", Decimal(-500)),
-        (-1250, "kwd", Decimal("1.25")),
-    ],
-)
-def test_the_balance_is_the_customers_credit_in_major_units(
-    shop: Any, fake_stripe: Any, balance: int, currency: str, credit: Decimal
-) -> None:
-    customer_id = shop.client.ensure_customer(USER, "ada@example.com")
-    fake_stripe.customers[customer_id].update(balance=balance, currency=currency)
-
-    assert shop.client.fetch_user_balance(USER) == credit
-
-
-def test_a_customer_without_balance_holds_nothing(shop: Any) -> None:
-    shop.client.ensure_customer(USER, "ada@example.com")
-
-    assert shop.client.fetch_user_balance(USER) == Decimal(0)
-
-
-def test_checking_a_balance_reuses_a_recent_reading(shop: Any, fake_stripe: Any) -> None:
-    customer_id = shop.client.ensure_customer(USER, "ada@example.com")
-    fake_stripe.customers[customer_id].update(balance=-1000, currency="usd")
-    assert shop.client.check_user_balance(USER) == Decimal(10)
-    fake_stripe.customers[customer_id]["balance"] = -2000
-
-    cached = shop.client.check_user_balance(USER)
-    shop.clock.advance(timedelta(minutes=5))
-    refreshed = shop.client.check_user_balance(USER)
-
-    assert (cached, refreshed) == (Decimal(10), Decimal(20))
-
-
-def test_fetching_a_balance_always_asks_stripe(shop: Any, fake_stripe: Any) -> None:
-    customer_id = shop.client.ensure_customer(USER, "ada@example.com")
-    fake_stripe.customers[customer_id].update(balance=-1000, currency="usd")
-    shop.client.check_user_balance(USER)
-    fake_stripe.customers[customer_id]["balance"] = -2000
-
-    assert shop.client.fetch_user_balance(USER) == Decimal(20)
-
-
-def test_the_balance_of_a_user_without_customer_is_an_error(shop: Any) -> None:
-    with pytest.raises(PaymentError, match="ensure_customer"):
-        shop.client.fetch_user_balance("nobody")
 
 
 # -- failures --------------------------------------------------------------------------
@@ -344,11 +375,16 @@ def test_a_network_failure_becomes_a_payment_error_carrying_it(shop: Any, fake_s
 @pytest.mark.parametrize(
     "call",
     [
-        lambda c: c.ensure_customer(USER, "ada@example.com"),
+        lambda c: c.ensure_customer("user-2", "grace@example.com"),
         lambda c: c.fetch_user_balance(USER),
+        lambda c: c.refund(
+            Order(id="o-1", user_id=USER, total=Decimal(1), currency="usd", payment_intent_id="pi")
+        ),
     ],
 )
-def test_customer_calls_wrap_failures_too(shop: Any, fake_stripe: Any, call: Any) -> None:
+def test_customer_and_refund_calls_wrap_failures_too(
+    shop: Any, fake_stripe: Any, call: Any
+) -> None:
     shop.client.ensure_customer(USER, "ada@example.com")
     fake_stripe.offline = True
 

@@ -8,13 +8,16 @@ test methods ``pm_card_visa`` (succeeds) and ``pm_card_chargeCustomerFail``
 
 from __future__ import annotations
 
+import importlib
 import json
+import multiprocessing
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +25,7 @@ import stripe
 
 from usercredits import (
     Cycle,
+    InMemoryDaoFactory,
     LedgerReason,
     Offer,
     OfferKind,
@@ -34,6 +38,8 @@ from usercredits import (
 from usercredits.containers import UserCreditsContainer
 from usercredits_stripe import StripePaymentClient
 from usercredits_stripe.containers import StripeContainer
+
+from .payloads import sign, thin_event
 
 pytestmark = pytest.mark.localstripe
 
@@ -50,13 +56,23 @@ def sdk(localstripe: str) -> stripe.StripeClient:
 
 
 @pytest.fixture
-def live_client(localstripe: str) -> StripePaymentClient:
-    return StripePaymentClient(KEY, SECRET, api_base=localstripe, max_network_retries=0)
+def live_client(localstripe: str, factory: InMemoryDaoFactory) -> StripePaymentClient:
+    return StripePaymentClient(
+        KEY,
+        SECRET,
+        api_base=localstripe,
+        max_network_retries=0,
+        customers=factory.get_customer_dao(),
+    )
 
 
 @pytest.fixture
-def live_shop(live_client: StripePaymentClient, make_shop_for: Callable[..., Any]) -> Any:
-    return make_shop_for(live_client)
+def live_shop(
+    live_client: StripePaymentClient,
+    make_shop_for: Callable[..., Any],
+    factory: InMemoryDaoFactory,
+) -> Any:
+    return make_shop_for(live_client, None, factory)
 
 
 def _pay(sdk: stripe.StripeClient, intent_id: str, payment_method: str) -> stripe.PaymentIntent:
@@ -394,3 +410,139 @@ def test_a_failed_payment_webhook_refuses_the_order(
     assert delivered.result is not None
     assert delivered.result.event_type == "payment_intent.payment_failed"
     assert _order(live_shop, order.id).status is Status.REFUSED
+
+
+# -- refunds, thin events and customers on the server --------------------------------------
+
+
+def _paid(shop: Any, sdk: stripe.StripeClient) -> Order:
+    order: Order = shop.service.create_order(shop.offer("pack").id, USER)
+    _pay(sdk, str(order.payment_intent_id), "pm_card_visa")
+    shop.service.after_execute(order.id)
+    shop.service.tokens_consumed(USER, "ai", 30)
+    return order
+
+
+def _charge_id(sdk: stripe.StripeClient, order: Order) -> str:
+    charge = sdk.v1.payment_intents.retrieve(str(order.payment_intent_id)).to_dict()[
+        "latest_charge"
+    ]
+    return str(charge["id"] if isinstance(charge, dict) else charge)
+
+
+def _refund_lines(shop: Any) -> list[int]:
+    lines = shop.service.get_dao_factory().get_token_timetable_dao().find({"user_id": USER})
+    return [line.tokens for line in lines if line.reason is LedgerReason.REFUND]
+
+
+def test_a_partial_then_a_full_refund_refund_the_charge_in_two_parts(
+    live_shop: Any, sdk: stripe.StripeClient
+) -> None:
+    order = _paid(live_shop, sdk)
+
+    partial = live_shop.service.refund(order.id, Decimal("5.00"))
+    full = live_shop.service.refund(order.id)
+
+    assert (partial.status, full.status) == (Status.PARTIAL, Status.REFUNDED)
+    assert _refund_lines(live_shop) == [-25, -45]
+    charge = sdk.v1.charges.retrieve(_charge_id(sdk, order))
+    assert (charge.amount_refunded, charge.refunded) == (1999, True)
+    refunds = sdk.v1.refunds.list(params={"payment_intent": str(order.payment_intent_id)})
+    assert sorted(r.amount for r in refunds.data) == [500, 1499]
+
+
+def test_a_thin_success_event_settles_the_order_with_the_intent_read_from_the_server(
+    live_shop: Any, sdk: stripe.StripeClient
+) -> None:
+    order = live_shop.service.create_order(live_shop.offer("pack").id, USER)
+    _pay(sdk, order.payment_intent_id, "pm_card_visa")
+    body = thin_event("v1.payment_intent.succeeded", order.payment_intent_id, "payment_intent")
+
+    result = live_shop.service.handle_webhook(body, sign(body))
+
+    assert result.handled
+    assert _order(live_shop, order.id).status is Status.PAID
+    assert live_shop.service.remaining_tokens(USER, "ai") == 100
+
+
+def test_a_thin_refund_event_reads_the_refunded_amount_from_the_servers_charge(
+    live_shop: Any, sdk: stripe.StripeClient
+) -> None:
+    order = _paid(live_shop, sdk)
+    charge_id = _charge_id(sdk, order)
+    sdk.v1.refunds.create(params={"charge": charge_id, "amount": 500})  # from the dashboard
+    body = thin_event("v1.charge.refunded", charge_id, "charge")
+
+    result = live_shop.service.handle_webhook(body, sign(body))
+
+    assert result.order is not None
+    assert (result.order.status, result.order.refunded_amount) == (Status.PARTIAL, Decimal(5))
+    assert _refund_lines(live_shop) == [-25]
+
+
+def test_a_customer_is_created_stored_and_reused(
+    live_shop: Any, sdk: stripe.StripeClient, factory: InMemoryDaoFactory
+) -> None:
+    first = live_shop.client.ensure_customer(USER, "ada@example.com")
+    second = live_shop.client.ensure_customer(USER, "ada@example.com")
+
+    stored = factory.get_customer_dao().find_by_user("stripe", USER)
+    assert first == second == (stored.customer_id if stored else None)
+    assert len(sdk.v1.customers.list(params={"email": "ada@example.com"}).data) == 1
+
+
+def test_a_customer_on_the_server_is_found_by_email(
+    live_shop: Any, sdk: stripe.StripeClient
+) -> None:
+    existing = sdk.v1.customers.create(params={"email": "ada@example.com"})
+
+    assert live_shop.client.ensure_customer(USER, "ada@example.com") == existing.id
+
+
+def test_a_fresh_client_reads_the_balance_of_the_stored_customer(
+    live_shop: Any, localstripe: str, factory: InMemoryDaoFactory
+) -> None:
+    live_shop.client.ensure_customer(USER, "ada@example.com")
+    fresh = StripePaymentClient(
+        KEY, SECRET, api_base=localstripe, customers=factory.get_customer_dao()
+    )
+
+    assert fresh.fetch_user_balance(USER) == Decimal(0)
+
+
+def test_two_processes_asking_at_once_store_one_customer(
+    localstripe: str,
+    sdk: stripe.StripeClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sql = pytest.importorskip("usercredits_sql")
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    workers = importlib.import_module("stripe_workers")
+    url = f"sqlite:///{tmp_path / 'customers.db'}"
+    sql.SqlDaoFactory.from_url(url).close()
+    spawn = multiprocessing.get_context("spawn")
+    barrier, results = spawn.Barrier(2), spawn.Queue()
+    processes = [
+        spawn.Process(
+            target=workers.ensure_customer,
+            args=(url, localstripe, (KEY, SECRET), USER, "ada@example.com", barrier, results),
+        )
+        for _ in range(2)
+    ]
+    for process in processes:
+        process.start()
+    answers = [results.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(30)
+
+    factory = sql.SqlDaoFactory.from_url(url, create_schema=False)
+    try:
+        stored = factory.get_customer_dao().find({})
+    finally:
+        factory.close()
+    assert [p.exitcode for p in processes] == [0, 0]
+    assert [c.customer_id for c in stored] == [answers[0][1]]
+    assert answers == [("ok", stored[0].customer_id)] * 2
+    on_server = sdk.v1.customers.list(params={"email": "ada@example.com"}).data
+    assert stored[0].customer_id in [c.id for c in on_server]

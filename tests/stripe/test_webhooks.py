@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import pytest
 import stripe
 
 from usercredits import Order, PaymentError, Status, WebhookEventKind
+from usercredits_stripe import StripePaymentClient
 
 USER = "user-1"
 SECRET = "whsec_test_usercredits"
@@ -42,7 +44,8 @@ def test_a_correctly_signed_event_is_accepted(
     assert (event.id, event.type) == ("evt_test_1", "payment_intent.succeeded")
     assert event.kind is WebhookEventKind.PAYMENT_SUCCEEDED
     assert (event.payment_intent_id, event.order_id) == ("pi_1", "order-1")
-    assert json.loads(event.payload) == _intent()
+    assert event.payload == body
+    assert json.loads(event.payload)["data"]["object"] == _intent()
 
 
 def test_the_raw_body_may_be_bytes(client: Any, body: str, signer: Callable[..., str]) -> None:
@@ -83,6 +86,37 @@ def test_a_signature_within_the_tolerance_is_accepted(
     recent = int(time.time()) - stripe.Webhook.DEFAULT_TOLERANCE + 60
 
     assert client.handle_webhook(body, signer(body, SECRET, recent)).id == "evt_test_1"
+
+
+def test_a_signature_dated_beyond_the_tolerance_in_the_future_is_rejected(
+    client: Any, body: str, signer: Callable[..., str]
+) -> None:
+    future = int(time.time()) + stripe.Webhook.DEFAULT_TOLERANCE + 60
+
+    with pytest.raises(PaymentError, match="tolerance") as caught:
+        client.handle_webhook(body, signer(body, SECRET, future))
+
+    assert isinstance(caught.value.original_error, stripe.SignatureVerificationError)
+
+
+def test_a_signature_dated_within_the_tolerance_in_the_future_is_accepted(
+    client: Any, body: str, signer: Callable[..., str]
+) -> None:
+    ahead = int(time.time()) + stripe.Webhook.DEFAULT_TOLERANCE - 60
+
+    assert client.handle_webhook(body, signer(body, SECRET, ahead)).id == "evt_test_1"
+
+
+def test_the_tolerance_is_the_clients_in_both_directions(
+    fake_stripe: Any, body: str, signer: Callable[..., str]
+) -> None:
+    strict = StripePaymentClient("sk_test_x", SECRET, webhook_tolerance=10, http_client=fake_stripe)
+    now = int(time.time())
+
+    for moment in (now - 60, now + 60):
+        with pytest.raises(PaymentError, match="tolerance"):
+            strict.handle_webhook(body, signer(body, SECRET, moment))
+    assert strict.handle_webhook(body, signer(body, SECRET, now + 5)).id == "evt_test_1"
 
 
 @pytest.mark.parametrize("header", [None, "", "garbage", "t=123", "v1=abc"])
@@ -139,13 +173,23 @@ def test_a_full_refund_names_the_charges_intent(
     assert (event.kind, event.payment_intent_id) == (WebhookEventKind.REFUNDED, "pi_9")
 
 
-def test_a_partial_refund_is_left_to_an_operator(
+def test_a_partial_refund_reports_the_amount_refunded_so_far(
     client: Any, make_event: Callable[..., str], signer: Callable[..., str]
 ) -> None:
-    charge = {"id": "ch_1", "object": "charge", "payment_intent": "pi_9", "refunded": False}
+    charge = {
+        "id": "ch_1",
+        "object": "charge",
+        "payment_intent": "pi_9",
+        "amount": 1999,
+        "amount_refunded": 500,
+        "currency": "usd",
+        "refunded": False,
+    }
     body = make_event("charge.refunded", charge)
 
-    assert client.handle_webhook(body, signer(body, SECRET)).kind is WebhookEventKind.OTHER
+    event = client.handle_webhook(body, signer(body, SECRET))
+
+    assert (event.kind, event.amount) == (WebhookEventKind.REFUNDED, Decimal("5.00"))
 
 
 # -- through the service ---------------------------------------------------------------
