@@ -7,6 +7,9 @@ payments. Backends plug in by overriding ``dao_factory`` and ``payment_client``
 
 from __future__ import annotations
 
+import threading
+from typing import Any, TypeVar
+
 from dependency_injector import containers, providers
 
 from usercredits.clock import system_clock
@@ -15,6 +18,22 @@ from usercredits.manual import ManualPaymentClient
 from usercredits.memory import InMemoryDaoFactory
 from usercredits.payment import PaymentClient
 from usercredits.service import PaymentService
+
+T = TypeVar("T")
+
+
+class ThreadSafeResource(providers.Resource[T]):
+    """A resource (a backend's connection, closed by ``shutdown_resources()``) initialised once
+    even when several threads ask for it at once; each container has its own lock."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = threading.RLock()
+
+    def _provide(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+        with self._lock:
+            provided: T = super()._provide(args, kwargs)  # type: ignore[misc]
+            return provided
 
 
 class UserCreditsContainer(containers.DeclarativeContainer):

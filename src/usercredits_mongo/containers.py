@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 from dependency_injector import containers, providers
 
+from usercredits.containers import ThreadSafeResource
 from usercredits_mongo.factory import MongoDaoFactory
 
 
@@ -28,10 +29,6 @@ def open_dao_factory(uri: str, db: str | None = None) -> Iterator[MongoDaoFactor
         factory.close()
 
 
-def _same(factory: MongoDaoFactory) -> MongoDaoFactory:
-    return factory
-
-
 class MongoContainer(containers.DeclarativeContainer):
     """The MongoDB backend's providers: ``config`` (``uri``, ``db``) and ``dao_factory`` (one
     factory, so one database client, per container, opened on first use, closed by
@@ -39,7 +36,6 @@ class MongoContainer(containers.DeclarativeContainer):
 
     config = providers.Configuration()
 
-    connection = providers.Resource(open_dao_factory, uri=config.uri, db=config.db)
-
-    # The singleton's lock makes concurrent first calls open the connection once.
-    dao_factory = providers.ThreadSafeSingleton(_same, connection)
+    dao_factory: ThreadSafeResource[MongoDaoFactory] = ThreadSafeResource(
+        open_dao_factory, uri=config.uri, db=config.db
+    )

@@ -12,15 +12,12 @@ in-memory default::
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from typing import Any, TypeVar
 
 from dependency_injector import containers, providers
 
+from usercredits.containers import ThreadSafeResource
 from usercredits_sql.factory import SqlDaoFactory
-
-T = TypeVar("T")
 
 
 def open_dao_factory(url: str) -> Iterator[SqlDaoFactory]:
@@ -31,20 +28,6 @@ def open_dao_factory(url: str) -> Iterator[SqlDaoFactory]:
         yield factory
     finally:
         factory.close()
-
-
-class ThreadSafeResource(providers.Resource[T]):
-    """A resource initialised once even when several threads ask for it at once (each copy
-    of the provider, so each container, has its own lock)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._lock = threading.RLock()
-
-    def _provide(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
-        with self._lock:
-            provided: T = super()._provide(args, kwargs)  # type: ignore[misc]
-            return provided
 
 
 class SqlContainer(containers.DeclarativeContainer):

@@ -238,19 +238,26 @@ class StripePaymentClient(PaymentClient):
             )
             return result
         currency = order.currency or ""
-        part = order.refundable_amount if amount is None else amount
-        if not isinstance(part, Decimal) or part > order.refundable_amount:
+        left = order.refundable_amount
+        if left <= 0:
             raise InvalidPaymentError(
-                f"order {order.id} has {order.refundable_amount} {currency} left to refund "
-                f"of {order.total}; {part!r} asked",
+                f"order {order.id} has nothing left to refund of {order.total} {currency}",
                 PaymentErrorCode.VALIDATION,
                 order.id,
             )
+        part = left if amount is None else amount
         try:
             minor = to_minor_units(part, currency)
             refunded = minor + _minor_or_zero(order.refunded_amount, currency)
         except InvalidPaymentError as e:
             raise InvalidPaymentError(f"order {order.id}: {e}", e.code, order.id) from None
+        if part > left:
+            raise InvalidPaymentError(
+                f"order {order.id} has {left} {currency} left to refund of {order.total}; "
+                f"{part} asked",
+                PaymentErrorCode.VALIDATION,
+                order.id,
+            )
         with _gateway(f"refunding payment intent {intent_id} of order {order.id}"):
             refund = self._stripe.v1.refunds.create(
                 params={

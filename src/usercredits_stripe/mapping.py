@@ -245,7 +245,7 @@ def _event(
         id=event_id,
         type=event_type,
         kind=kind,
-        payment_intent_id=_intent_id(obj) if kind is not WebhookEventKind.OTHER else None,
+        payment_intent_id=_intent_id(obj),
         order_id=order_id,
         payload=payload,
         amount=amount,

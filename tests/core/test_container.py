@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -16,7 +18,7 @@ from usercredits import (
     PaymentService,
     Status,
 )
-from usercredits.containers import UserCreditsContainer
+from usercredits.containers import ThreadSafeResource, UserCreditsContainer
 from usercredits.testing.fakes import FakePaymentClient
 
 
@@ -119,3 +121,28 @@ def test_threads_asking_a_fresh_container_at_once_get_one_service_and_one_backen
     assert len(services) == 8
     assert len({id(s) for s in services}) == 1
     assert len({id(s.get_dao_factory()) for s in services}) == 1
+
+
+def test_a_thread_safe_resource_is_opened_once_by_threads_asking_at_once() -> None:
+    opened: list[object] = []
+
+    def open_slowly() -> Iterator[object]:
+        time.sleep(0.05)
+        opened.append(object())
+        yield opened[-1]
+
+    resource: ThreadSafeResource[object] = ThreadSafeResource(open_slowly)
+    start = threading.Barrier(6)
+    got: list[object] = []
+
+    def ask() -> None:
+        start.wait(timeout=10)
+        got.append(resource())
+
+    threads = [threading.Thread(target=ask) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(opened) == 1
+    assert {id(g) for g in got} == {id(opened[0])}

@@ -3,7 +3,24 @@ PostgreSQL; each test on a new database (see ``conftest.py``)."""
 
 from __future__ import annotations
 
-from usercredits.testing import service_contracts
+from usercredits.testing import (
+    credits_contracts,
+    gateway_contracts,
+    json_contracts,
+    service_contracts,
+)
+from usercredits.testing.credits_contracts import (
+    GrantContract,
+    HistoryContract,
+    HoldContract,
+    SellingRuleContract,
+)
+from usercredits.testing.gateway_contracts import (
+    DisputeContract,
+    PartialRefundContract,
+    WebhookStoreContract,
+)
+from usercredits.testing.json_contracts import JsonContract
 from usercredits.testing.service_contracts import (
     BadInputContract,
     ConcurrencyContract,
@@ -91,8 +108,73 @@ class TestPostgresConcurrency(PostgresBackend, ConcurrencyContract):
     pass
 
 
+class TestSqliteSellingRules(SqliteBackend, SellingRuleContract):
+    pass
+
+
+class TestSqliteGrants(SqliteBackend, GrantContract):
+    pass
+
+
+class TestSqliteHolds(SqliteBackend, HoldContract):
+    pass
+
+
+class TestSqliteHistory(SqliteBackend, HistoryContract):
+    pass
+
+
+class TestSqlitePartialRefunds(SqliteBackend, PartialRefundContract):
+    pass
+
+
+class TestSqliteDisputes(SqliteBackend, DisputeContract):
+    pass
+
+
+class TestSqliteWebhookStore(SqliteBackend, WebhookStoreContract):
+    pass
+
+
+class TestSqliteJson(SqliteBackend, JsonContract):
+    pass
+
+
+class TestPostgresSellingRules(PostgresBackend, SellingRuleContract):
+    pass
+
+
+class TestPostgresGrants(PostgresBackend, GrantContract):
+    pass
+
+
+class TestPostgresHolds(PostgresBackend, HoldContract):
+    pass
+
+
+class TestPostgresHistory(PostgresBackend, HistoryContract):
+    pass
+
+
+class TestPostgresPartialRefunds(PostgresBackend, PartialRefundContract):
+    pass
+
+
+class TestPostgresDisputes(PostgresBackend, DisputeContract):
+    pass
+
+
+class TestPostgresWebhookStore(PostgresBackend, WebhookStoreContract):
+    pass
+
+
+class TestPostgresJson(PostgresBackend, JsonContract):
+    pass
+
+
 def test_every_service_contract_runs_on_sqlite_and_on_postgresql() -> None:
-    contracts = {getattr(service_contracts, name) for name in service_contracts.__all__}
+    modules = (service_contracts, credits_contracts, gateway_contracts, json_contracts)
+    contracts = {getattr(m, name) for m in modules for name in m.__all__}
     with_tests = {c for c in contracts if any(n.startswith("test_") for n in dir(c))}
     for prefix in ("TestSqlite", "TestPostgres"):
         run_here = {

@@ -3,7 +3,10 @@
 The test plays the browser's part (Stripe.js) with the SDK: it gives the intent a
 test payment method and confirms it, as a customer would. localstripe knows the
 test methods ``pm_card_visa`` (succeeds) and ``pm_card_chargeCustomerFail``
-(declined when charged).
+(declined when charged). localstripe sends no thin events: those are signed here
+(:mod:`payloads`) and name objects that live on the server, which the client fetches.
+Customers are stored in the shop's in-memory backend, or for the race of two
+processes in one SQLite database.
 """
 
 from __future__ import annotations
