@@ -82,7 +82,7 @@ class Sizes:
     def full(cls) -> Sizes:
         return cls(
             consumption_ops=20_000,
-            sql_consumption_ops=1_000,
+            sql_consumption_ops=600,
             repeat=5,
             ledger_lines=(100, 10_000),
             reads_number=2_000,
@@ -128,11 +128,14 @@ class Sizes:
         if backend.name == "mongomock":
             return dataclasses.replace(
                 self,
-                consumption_ops=min(self.consumption_ops, 300),
+                consumption_ops=min(self.consumption_ops, 100),
+                repeat=min(self.repeat, 2),
                 ledger_lines=(self.ledger_lines[0], min(self.ledger_lines[1], 2_000)),
-                reads_number=min(self.reads_number, 50),
-                expiry_users=min(self.expiry_users, 2),
-                job_users=min(self.job_users, 200),
+                reads_number=min(self.reads_number, 20),
+                expiry_users=1,
+                history_number=min(self.history_number, 2),
+                offers=min(self.offers, 300),
+                job_users=min(self.job_users, 100),
             )
         if backend.kind in ("sql", "mongo"):
             return dataclasses.replace(
@@ -594,42 +597,40 @@ def measure_history(backend: Backend, sizes: Sizes) -> dict[str, Any]:
     pool = n * repeat + (1 if counted else 0)
     light_ae = [f"light-ae-{i}" for i in range(pool)]
     light_settle = [f"light-settle-{i}" for i in range(pool)]
-    heavy_reads, heavy_ae, heavy_settle = "heavy-reads", "heavy-ae", "heavy-settle"
+    heavy_reads, heavy_ae = "heavy-reads", "heavy-ae"
     light_reads = "light-reads"
     with world(backend) as w:
         shop = _history_world(
             w,
             sizes,
-            [heavy_reads, heavy_ae, heavy_settle],
+            [heavy_reads, heavy_ae],
             [light_reads, *light_ae, *light_settle],
         )
         for _ in range(sizes.past_lines):
             w.service.tokens_consumed(heavy_reads, "ai", 1)
         service = w.service
-        reads: dict[str, Callable[[str, int], Any]] = {
-            "remaining_tokens": lambda u, i: service.remaining_tokens(u, "ai"),
-            "load_offers": lambda u, i: service.load_offers(u),
-            "check_for_expired_orders_nothing_due": lambda u, i: service.check_for_expired_orders(
-                u
-            ),
-            "load_user_credits": lambda u, i: service.load_user_credits(u),
-            "history": lambda u, i: service.history(u),
-            "tokens_consumed": lambda u, i: service.tokens_consumed(u, "ai", 1),
-            "consume_tokens": lambda u, i: service.consume_tokens(u, "ai", 1),
+        reads: dict[str, Callable[[str], Any]] = {
+            "remaining_tokens": lambda u: service.remaining_tokens(u, "ai"),
+            "load_offers": lambda u: service.load_offers(u),
+            "check_for_expired_orders_nothing_due": service.check_for_expired_orders,
+            "load_user_credits": service.load_user_credits,
+            "history": service.history,
+            "tokens_consumed": lambda u: service.tokens_consumed(u, "ai", 1),
+            "consume_tokens": lambda u: service.consume_tokens(u, "ai", 1),
         }
         counts: dict[str, dict[str, Counts]] = {}
         if counted:
             counts = _count_calls(w, shop, light_reads, heavy_reads, light_ae[-1], heavy_ae)
             counts["settle"] = {
                 "light": _count_settlement(w, shop, light_settle[-1], settle=True)["settle"],
-                "heavy": _count_settlement(w, shop, heavy_settle, settle=True)["settle"],
+                "heavy": _count_settlement(w, shop, heavy_reads, settle=True)["settle"],
             }
         timings: dict[str, dict[str, float]] = {}
         for label, call in reads.items():
             timings[label] = best_interleaved(
                 {
-                    "light": lambda i, c=call: c(light_reads, i),
-                    "heavy": lambda i, c=call: c(heavy_reads, i),
+                    "light": lambda i, c=call: c(light_reads),
+                    "heavy": lambda i, c=call: c(heavy_reads),
                 },
                 sizes.reads_number,
                 repeat,
@@ -637,7 +638,7 @@ def measure_history(backend: Backend, sizes: Sizes) -> dict[str, Any]:
             )
         timings.update(_time_settlements(w, shop, n, repeat, light_ae, heavy_ae, settle=False))
         timings.update(
-            _time_settlements(w, shop, n, repeat, light_settle, heavy_settle, settle=True)
+            _time_settlements(w, shop, n, repeat, light_settle, heavy_reads, settle=True)
         )
     out: dict[str, Any] = {"past_orders": sizes.past_orders, "past_lines": sizes.past_lines}
     for label, best in timings.items():

@@ -104,8 +104,7 @@ def add_offer(
         offer_group=group or name,
         cycle=cycle,
         price=Decimal(price),
-        token_count=tokens,
-        **fields,
+        **{"token_count": tokens, **fields},
     )
     return service.get_dao_factory().get_offer_dao().create(offer)
 
@@ -1805,7 +1804,7 @@ class RefundContract(ServiceContract):
 # -- bad input -------------------------------------------------------------------------
 
 
-BAD_COUNTS = [0, -3, True, False, 2.0, "3", Decimal(3), None]
+BAD_COUNTS = [0, -3, True, False, 2.0, "3", Decimal(3), None, 2**63]
 BAD_QUANTITIES = [0, -1, True, False, 1.5, "2", Decimal(2)]
 
 
@@ -1912,6 +1911,31 @@ class BadInputContract(ServiceContract):
         before = stored_state(service)
         with pytest.raises(ValueError, match="count"):
             getattr(service, call)(USER, "pack", count)
+        assert stored_state(service) == before
+
+    @pytest.mark.parametrize(
+        "fields",
+        [{"token_count": 2**63}, {"quantity_limit": 2**64}, {"weight": -(2**63) - 1}],
+        ids=["tokens", "limit", "weight"],
+    )
+    def test_integers_beyond_64_bits_are_refused_before_anything_is_stored(
+        self, service: PaymentService, shop: dict[str, Any], fields: dict[str, int]
+    ) -> None:
+        before = stored_state(service)
+        with pytest.raises(InvalidOfferError, match="int"):
+            add_offer(service, "huge", **{"tokens": 1, **fields})
+        offers = service.get_dao_factory().get_offer_dao()
+        with pytest.raises(InvalidOfferError):
+            offers.update_by_id(shop["pack"].id, fields)
+        assert stored_state(service) == before
+
+    def test_an_order_making_more_tokens_than_64_bits_hold_is_refused(
+        self, service: PaymentService, shop: dict[str, Any]
+    ) -> None:
+        big = add_offer(service, "big", tokens=2**62)
+        before = stored_state(service)
+        with pytest.raises(InvalidOrderError, match="more tokens"):
+            service.create_order(big.id, USER, 2)
         assert stored_state(service) == before
 
     @pytest.mark.parametrize(
