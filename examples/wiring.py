@@ -44,7 +44,8 @@ def container_from_env(environ: Mapping[str, str] = os.environ) -> UserCreditsCo
                 "api_key": environ["STRIPE_API_KEY"],
                 "webhook_secret": environ.get("STRIPE_WEBHOOK_SECRET"),
                 "api_base": environ.get("STRIPE_API_BASE"),
-            }
+            },
+            dao_factory=container.dao_factory,
         )
         container.payment_client.override(stripe.payment_client)
     return container

@@ -37,6 +37,7 @@ from usercredits.models import (
     AuditReport,
     CombinedOffer,
     CombinedOrder,
+    Customer,
     Cycle,
     ExpiryReport,
     ExpiryWarning,
@@ -56,6 +57,7 @@ from usercredits.models import (
     Subscription,
     TokenTimetable,
     UserCredits,
+    WebhookEventRecord,
     WebhookResult,
 )
 from usercredits.payment import PaymentClient, WebhookEvent, WebhookEventKind
@@ -69,6 +71,7 @@ __all__ = [
     "AuditReport",
     "CombinedOffer",
     "CombinedOrder",
+    "Customer",
     "Cycle",
     "DaoFactory",
     "DuplicateEntityError",
@@ -114,6 +117,7 @@ __all__ = [
     "UserCreditsError",
     "WebhookEvent",
     "WebhookEventKind",
+    "WebhookEventRecord",
     "WebhookResult",
     "__version__",
     "system_clock",

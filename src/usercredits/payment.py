@@ -36,6 +36,7 @@ class WebhookEvent(Model):
     payment_intent_id: str | None = None
     order_id: EntityId = None
     payload: str | None = None
+    """The event's body as received (stored as is, replayed from it)."""
     amount: Decimal | None = None
     """For a refund: the total refunded so far for the payment (None: all of it); for a
     dispute: the disputed amount."""

@@ -102,8 +102,25 @@ class StatusBlindOrderDao(InMemoryOrderDao):
         from_statuses: Collection[Status],
         changes: Mapping[str, Any],
         entry: OrderStatus | None = None,
+        *,
+        expected: Mapping[str, Any] | None = None,
     ) -> Order | None:
-        return super().transition(order_id, list(Status), changes, entry)
+        return super().transition(order_id, list(Status), changes, entry, expected=expected)
+
+
+class ExpectationBlindOrderDao(InMemoryOrderDao):
+    """Changes an order whatever the values it was expected to hold."""
+
+    def transition(
+        self,
+        order_id: EntityId,
+        from_statuses: Collection[Status],
+        changes: Mapping[str, Any],
+        entry: OrderStatus | None = None,
+        *,
+        expected: Mapping[str, Any] | None = None,
+    ) -> Order | None:
+        return super().transition(order_id, from_statuses, changes, entry)
 
 
 class ChildBlindOrderDao(InMemoryOrderDao):
@@ -187,6 +204,10 @@ def recreating_backend() -> InMemoryDaoFactory:
 
 def status_blind_backend() -> InMemoryDaoFactory:
     return _backend_with(StatusBlindOrderDao)
+
+
+def expectation_blind_backend() -> InMemoryDaoFactory:
+    return _backend_with(ExpectationBlindOrderDao)
 
 
 def child_blind_backend() -> InMemoryDaoFactory:
@@ -280,6 +301,15 @@ def _run_contract(
                 "test_racing_transitions_from_pending_to_paid_succeed_once",
             },
             id="transition-ignores-from_statuses",
+        ),
+        pytest.param(
+            "OrderDaoContract",
+            expectation_blind_backend,
+            {
+                "test_transition_with_an_expected_value_that_differs_changes_nothing",
+                "test_racing_transitions_expecting_one_value_succeed_once",
+            },
+            id="transition-ignores-expected-values",
         ),
         pytest.param(
             "OrderDaoContract",
