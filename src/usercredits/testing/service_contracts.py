@@ -1923,7 +1923,7 @@ class BadInputContract(ServiceContract):
     ) -> None:
         before = stored_state(service)
         with pytest.raises(InvalidOfferError, match="int"):
-            add_offer(service, "huge", **{"tokens": 1, **fields})
+            add_offer(service, "huge", tokens=1, **dict[str, Any](fields))
         offers = service.get_dao_factory().get_offer_dao()
         with pytest.raises(InvalidOfferError):
             offers.update_by_id(shop["pack"].id, fields)
