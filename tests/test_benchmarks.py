@@ -34,9 +34,10 @@ CONSUMPTIONS = [
     "tokens_consumed_with_key",
     "consume_tokens",
     "consume_tokens_with_key",
-    "consume_tokens_retry_with_key",
 ]
-GROWTH_ALLOWED = {"load_user_credits", "history"}
+GROWTH_ALLOWED = {"load_user_credits", "history", "after_execute"}
+"""``after_execute`` answers with the user's credits (every subscription); ``settle``, the
+settlement alone, is checked."""
 ROUND_TRIPS = ("reads", "writes", "other")
 
 
@@ -83,6 +84,26 @@ def test_a_consumption_costs_at_most_one_read_and_two_writes(
         assert counts["reads"] <= 1, counts
         assert counts["writes"] <= 2, counts
         assert counts.get("other", 0) == 0, counts
+
+
+@pytest.mark.parametrize("backend", COUNTED)
+def test_a_retried_keyed_consumption_reads_the_first_line_and_stores_nothing(
+    report: dict[str, Any], backend: str
+) -> None:
+    pair = calls(report, backend)["consume_tokens_retry_with_key"]
+    for counts in (pair["no_past_orders"], pair["past_orders"]):
+        # The account, the insert the key's unique index refuses, the line holding the key.
+        assert counts["reads"] <= 2, counts
+        assert counts["writes"] <= 1, counts
+        assert round_trips(counts) <= 3, counts
+
+
+@pytest.mark.parametrize("backend", COUNTED)
+def test_settling_reads_the_same_whatever_the_users_history(
+    report: dict[str, Any], backend: str
+) -> None:
+    pair = calls(report, backend)["settle"]
+    assert pair["past_orders"] == pair["no_past_orders"]
 
 
 @pytest.mark.parametrize("backend", COUNTED)

@@ -25,8 +25,8 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from usercredits.dao import Account, TokenTimetableDao, UserCreditsDao
 from usercredits.errors import DuplicateEntityError, StorageError
@@ -40,8 +40,7 @@ ATTEMPTS = 200
 """How many times a write lost to concurrent writers of one account is tried again."""
 
 
-@dataclass(frozen=True)
-class Appended:
+class Appended(NamedTuple):
     """The outcome of :meth:`Accounts.append`.
 
     ``line`` is the line appended (``created``), or the line already holding the draft's key

@@ -143,7 +143,7 @@ class Snapshot(NamedTuple):
             )
             if line.reason is LedgerReason.HOLD and line.expires is not None:
                 holds += (HeldTokens(_own_id(line), line.held, line.expires, line.seq),)
-        return Snapshot(seq=line.seq, debt=debt, grants=tuple(grants), holds=holds)
+        return Snapshot(line.seq, debt, tuple(grants), holds)
 
     def apply_all(self, lines: Iterable[TokenTimetable]) -> Snapshot:
         """The snapshot after every line of ``lines``, given in order."""
@@ -210,6 +210,23 @@ class Snapshot(NamedTuple):
         )
 
 
+def _holding(grant: LiveGrant, remaining: int, taken: int) -> LiveGrant:
+    """``grant`` holding ``remaining`` (a drawn-from grant is rebuilt at every consumption:
+    building the tuple directly is several times faster than ``_replace``)."""
+    return LiveGrant(
+        grant.grant_id,
+        grant.order_id,
+        grant.source,
+        grant.tokens,
+        remaining,
+        grant.priority,
+        grant.starts,
+        grant.expires,
+        grant.seq,
+        taken,
+    )
+
+
 def _own_id(line: TokenTimetable) -> str:
     """The id of what a line makes (a grant, a hold): its own id once stored."""
     return f"line-{line.seq}" if line.id is None else str(line.id)
@@ -223,9 +240,7 @@ def _take(grants: list[LiveGrant], grant_id: str, wanted: int) -> int:
             if taken == grant.remaining:
                 del grants[index]
             else:
-                grants[index] = grant._replace(
-                    remaining=grant.remaining - taken, taken=grant.taken + taken
-                )
+                grants[index] = _holding(grant, grant.remaining - taken, grant.taken + taken)
             return wanted - taken
     return wanted
 
@@ -239,7 +254,7 @@ def _draw(grants: list[LiveGrant], wanted: int) -> int:
         if taken == grant.remaining:
             grants.pop(0)
         else:
-            grants[0] = grant._replace(remaining=grant.remaining - taken)
+            grants[0] = _holding(grant, grant.remaining - taken, grant.taken)
     return wanted
 
 

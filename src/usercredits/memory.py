@@ -220,6 +220,18 @@ class InMemoryOrderDao(_Reader[Order], OrderDao):
         self._by_intent: dict[str, str] = {}
         self._children: dict[tuple[str, int | None], str] = {}
         self._exclusive: dict[tuple[UserKey, str], str] = {}
+        # The user's live and in-progress orders, by key, as a database indexes them.
+        self._live: dict[UserKey, set[str]] = {}
+        self._busy: dict[UserKey, set[str]] = {}
+        self._position: dict[str, int] = {}
+
+    def _reindex(self, key: str, order: Order) -> None:
+        user = _user_key(order.user_id)
+        for index, member in ((self._live, order.status in LIVE), (self._busy, order.in_progress)):
+            if member:
+                index.setdefault(user, set()).add(key)
+            else:
+                index.get(user, set()).discard(key)
 
     @staticmethod
     def _slot(order: Order) -> tuple[UserKey, str] | None:
@@ -257,6 +269,8 @@ class InMemoryOrderDao(_Reader[Order], OrderDao):
                 self._children[child] = str(stored.id)
             if stored.payment_intent_id is not None:
                 self._by_intent[stored.payment_intent_id] = str(stored.id)
+            self._position[str(stored.id)] = len(self._position)
+            self._reindex(str(stored.id), stored)
             return created
 
     def transition(
@@ -289,6 +303,7 @@ class InMemoryOrderDao(_Reader[Order], OrderDao):
             if after is not None:
                 self._exclusive[after] = str(order_id)
             self._table.rows[str(order_id)] = updated
+            self._reindex(str(order_id), updated)
             intent = changes.get("payment_intent_id")
             if intent is not None:
                 self._by_intent[intent] = str(order_id)
@@ -307,26 +322,27 @@ class InMemoryOrderDao(_Reader[Order], OrderDao):
             key = self._children.get((str(parent_id), item_index))
             return None if key is None else self._table.get(key)
 
-    def _of_user(self, user_id: UserId, keep: Callable[[Order], bool]) -> list[Order]:
+    def _indexed(
+        self, index: dict[UserKey, set[str]], user_id: UserId, keep: Callable[[Order], bool]
+    ) -> list[Order]:
+        """The user's orders of an index that ``keep`` keeps, in creation order."""
         with self._lock:
-            keys = self._table.by_user.get(_user_key(user_id), [])
+            keys = sorted(index.get(_user_key(user_id), ()), key=self._position.__getitem__)
             return [copy.deepcopy(o) for k in keys if keep(o := self._table.rows[k])]
 
     def find_due(self, user_id: UserId, now: datetime) -> list[Order]:
-        due = self._of_user(
-            user_id,
-            lambda o: o.status in LIVE and o.expires is not None and o.expires <= now,
+        due = self._indexed(
+            self._live, user_id, lambda o: o.expires is not None and o.expires <= now
         )
         return sorted(due, key=lambda o: o.expires or now)
 
     def find_live(self, user_id: UserId, offer_group: str | None = None) -> list[Order]:
-        return self._of_user(
-            user_id,
-            lambda o: o.status in LIVE and (offer_group is None or o.offer_group == offer_group),
+        return self._indexed(
+            self._live, user_id, lambda o: offer_group is None or o.offer_group == offer_group
         )
 
     def find_in_progress(self, user_id: UserId) -> list[Order]:
-        return self._of_user(user_id, lambda o: o.in_progress)
+        return self._indexed(self._busy, user_id, lambda o: True)
 
 
 class InMemoryTokenTimetableDao(_Reader[TokenTimetable], TokenTimetableDao):
@@ -371,7 +387,10 @@ class InMemoryTokenTimetableDao(_Reader[TokenTimetable], TokenTimetableDao):
                         f"by line {self._keys[name].id!r}"
                     )
             created = self._table.insert(stored)
-            lines.insert(position, stored)
+            if position == len(lines):
+                lines.append(stored)
+            else:
+                lines.insert(position, stored)
             for name in names:
                 self._keys[name] = stored
             return created
@@ -480,7 +499,9 @@ class InMemoryUserCreditsDao(UserCreditsDao):
             current = accounts.get(offer_group)
             if current is None or current.snapshot.seq >= snapshot.seq:
                 return False
-            accounts[offer_group] = current._replace(snapshot=snapshot)
+            accounts[offer_group] = Account(
+                current.user_id, offer_group, current.created_at, snapshot, current.window
+            )
             return True
 
     def save_window(
