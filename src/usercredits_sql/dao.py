@@ -32,7 +32,7 @@ from usercredits.dao import (
     UserCreditsDao,
     WebhookEventDao,
 )
-from usercredits.errors import DuplicateEntityError, EntityNotFoundError
+from usercredits.errors import DuplicateEntityError, EntityNotFoundError, InvalidInputError
 from usercredits.grants import Snapshot
 from usercredits.models import (
     LIVE,
@@ -86,6 +86,9 @@ class _SqlReader(Generic[E]):
         self._codec = codec
         self._table = codec.table
         self._kind = codec.model.__name__
+        # Built once, its parameters given at execution: SQLAlchemy compiles it once and
+        # reuses it, instead of building a statement for every row.
+        self._insert_statement = sa.insert(self._table).returning(*self._table.c)
 
     def _decode_all(self, rows: Sequence[Row[Any]]) -> list[E]:
         return [self._codec.decode(row) for row in rows]
@@ -132,9 +135,7 @@ class _SqlReader(Generic[E]):
             return int(connection.execute(statement).scalar_one())
 
     def _insert_returning(self, connection: Connection, values: Mapping[str, Any]) -> Row[Any]:
-        return connection.execute(
-            sa.insert(self._table).values(**values).returning(*self._table.c)
-        ).one()
+        return connection.execute(self._insert_statement, dict(values)).one()
 
 
 class SqlOfferDao(_SqlReader[Offer], OfferDao):
@@ -477,6 +478,25 @@ class SqlTokenTimetableDao(_SqlReader[TokenTimetable], TokenTimetableDao):
             return self._decode_all(connection.execute(statement).all())
 
 
+def _account_row() -> sa.ColumnElement[bool]:
+    table = schema.accounts
+    return sa.and_(
+        table.c.user_type == sa.bindparam("account_user_type"),
+        table.c.user_id == sa.bindparam("account_user_id"),
+        table.c.offer_group == sa.bindparam("account_group"),
+    )
+
+
+# The statements of the hottest paths (every consumption reads an account and saves its
+# snapshot), built once with named parameters so that SQLAlchemy compiles them once.
+_GET_ACCOUNT = sa.select(schema.accounts).where(_account_row())
+_SAVE_SNAPSHOT = (
+    sa.update(schema.accounts)
+    .where(_account_row(), schema.accounts.c.seq < sa.bindparam("account_seq"))
+    .values(seq=sa.bindparam("account_seq"), snapshot_json=sa.bindparam("account_snapshot"))
+)
+
+
 def _account(row: Row[Any]) -> Account:
     values = row._mapping
     return Account(
@@ -555,6 +575,19 @@ class SqlUserCreditsDao(UserCreditsDao):
             user_matches(table, user_id), table.c.offer_group == offer_group
         )
 
+    @staticmethod
+    def _account_key(user_id: UserId, offer_group: str) -> dict[str, Any] | None:
+        """The parameters of the account statements below, None for a user type never stored."""
+        try:
+            user_type, text = encode_user(user_id)
+        except InvalidInputError:
+            return None
+        return {
+            "account_user_type": user_type,
+            "account_user_id": text,
+            "account_group": offer_group,
+        }
+
     def open_account(self, user_id: UserId, offer_group: str, now: datetime) -> Account:
         user = encode_user(user_id)
         table = schema.accounts
@@ -582,12 +615,11 @@ class SqlUserCreditsDao(UserCreditsDao):
         return _account(row)
 
     def get_account(self, user_id: UserId, offer_group: str) -> Account | None:
-        try:
-            statement = self._select_account(user_id, offer_group)
-        except NoMatch:
+        key = self._account_key(user_id, offer_group)
+        if key is None:
             return None
         with self._store.connect(f"reading account {offer_group!r} of {user_id!r}") as conn:
-            row = conn.execute(statement).first()
+            row = conn.execute(_GET_ACCOUNT, key).first()
         return None if row is None else _account(row)
 
     def accounts(self, user_id: UserId) -> list[Account]:
@@ -601,19 +633,13 @@ class SqlUserCreditsDao(UserCreditsDao):
             return [_account(row) for row in connection.execute(statement).all()]
 
     def save_snapshot(self, user_id: UserId, offer_group: str, snapshot: Snapshot) -> bool:
-        table = schema.accounts
-        try:
-            user = user_matches(table, user_id)
-        except NoMatch:
+        key = self._account_key(user_id, offer_group)
+        if key is None:
             return False
-        seq = int64(snapshot.seq, "seq")
-        statement = (
-            sa.update(table)
-            .where(user, table.c.offer_group == offer_group, table.c.seq < seq)
-            .values(seq=seq, snapshot_json=dumps(snapshot.to_data()))
-        )
+        key["account_seq"] = int64(snapshot.seq, "seq")
+        key["account_snapshot"] = dumps(snapshot.to_data())
         with self._store.connect(f"saving the snapshot of {offer_group!r}") as connection:
-            return bool(connection.execute(statement).rowcount)
+            return bool(connection.execute(_SAVE_SNAPSHOT, key).rowcount)
 
     def save_window(
         self, user_id: UserId, offer_group: str, expected_version: int, window: Window
