@@ -89,6 +89,35 @@ def consume_until_refused(
         factory.close()
 
 
+def hold_capture_and_consume(
+    url: str, user: UserId, group: str, barrier: Any, results: Any
+) -> None:
+    """Alternate a hold of 5 tokens captured whole and a safe consumption of 1 until both are
+    refused; put (tokens taken, captures that failed) on ``results``: a capture fails only if
+    another process consumed the tokens it held."""
+    factory, service = open_service(url)
+    try:
+        barrier.wait(WAIT_SECONDS)
+        taken = failed = 0
+        while True:
+            progressed = False
+            with contextlib.suppress(InsufficientCreditsError):
+                hold = service.reserve(user, group, 5)
+                try:
+                    taken -= service.capture(hold.id).tokens
+                except InsufficientCreditsError:
+                    failed += 1
+                progressed = True
+            with contextlib.suppress(InsufficientCreditsError):
+                taken -= service.consume_tokens(user, group, 1).tokens
+                progressed = True
+            if not progressed:
+                break
+        results.put((taken, failed))
+    finally:
+        factory.close()
+
+
 def settle_each(url: str, order_ids: list[str], barrier: Any, results: Any) -> None:
     """Settle each order with ``after_execute``; put the outcome of each on ``results``:
     ``paid``, ``duplicate`` (InvalidPaymentError DUPLICATE_ATTEMPT) or the error's repr."""

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -137,6 +138,31 @@ def test_processes_consuming_one_balance_take_it_exactly_without_overdraft(
     running = list(itertools.accumulate(line.tokens for line in lines))
     assert running[-1] == 0
     assert min(running) >= 0
+    assert service.audit(user).ok
+
+
+def test_processes_never_consume_tokens_held_by_others(
+    service: PaymentService, url: str, workers: ModuleType
+) -> None:
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    service.grant_tokens(user, "ai", 240)
+    kept = service.reserve(user, "ai", 40, ttl=timedelta(hours=1))
+    barrier = spawn.Barrier(PROCESSES)
+    results = spawn.Queue()
+    run_all(
+        [
+            spawn.Process(
+                target=workers.hold_capture_and_consume, args=(url, user, "ai", barrier, results)
+            )
+            for _ in range(PROCESSES)
+        ]
+    )
+    outcomes = collect(results, PROCESSES)
+    assert sum(failed for _, failed in outcomes) == 0
+    assert sum(taken for taken, _ in outcomes) == 200
+    assert service.available_tokens(user, "ai") == 0
+    assert service.capture(kept.id).tokens == -40
+    assert service.remaining_tokens(user, "ai") == 0
     assert service.audit(user).ok
 
 
