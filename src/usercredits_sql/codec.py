@@ -262,7 +262,9 @@ class EntityCodec(Generic[M]):
         """Raise ValueError naming the fields the model does not have."""
         unknown = sorted(set(names) - self.model_fields)
         if unknown:
-            raise ValueError(f"{self.model.__name__} has no field {', '.join(map(repr, unknown))}")
+            raise InvalidInputError(
+                f"{self.model.__name__} has no field {', '.join(map(repr, unknown))}"
+            )
 
     def values(self, entity: M) -> dict[str, Any]:
         """The column values storing ``entity`` (its id only when it has one)."""
@@ -278,7 +280,7 @@ class EntityCodec(Generic[M]):
         """Raise ValueError for changes of unknown fields, or of the id."""
         self.check_fields(changes.keys())
         if "id" in changes:
-            raise ValueError(f"the id of a {self.model.__name__} cannot be changed")
+            raise InvalidInputError(f"the id of a {self.model.__name__} cannot be changed")
 
     def changes(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         """The column values setting ``changes`` (unstored fields are left out)."""

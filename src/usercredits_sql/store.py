@@ -21,7 +21,12 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 
-from usercredits.errors import DuplicateEntityError, StorageError, UserCreditsError
+from usercredits.errors import (
+    DuplicateEntityError,
+    InvalidInputError,
+    StorageError,
+    UserCreditsError,
+)
 
 SQLITE_BUSY_TIMEOUT = 30.0
 """Seconds an SQLite connection waits for another writer (thread or process) to finish."""
@@ -37,19 +42,21 @@ _SCHEMA_LOCK = 0x75736572637265
 def normalize_url(url: str | URL) -> URL:
     """The SQLAlchemy URL of a backend URL: ``sqlite:///path.db`` (``sqlite://`` is an
     in-memory database), ``postgresql://`` or ``postgresql+psycopg://`` (psycopg 3).
-    ValueError for any other URL."""
+    InvalidInputError (a ValueError) for any other URL."""
     if isinstance(url, str) and "://" not in url:
-        raise ValueError(f"a database URL is required (sqlite:///… or postgresql://…), got {url!r}")
+        raise InvalidInputError(
+            f"a database URL is required (sqlite:///… or postgresql://…), got {url!r}"
+        )
     try:
         parsed = make_url(url)
     except (sa.exc.ArgumentError, ValueError) as e:
-        raise ValueError(f"not a database URL: {url!r}") from e
+        raise InvalidInputError(f"not a database URL: {url!r}") from e
     name = parsed.drivername
     if name in _SQLITE_NAMES:
         return parsed.set(drivername="sqlite+pysqlite")
     if name in _POSTGRES_NAMES:
         return parsed.set(drivername="postgresql+psycopg")
-    raise ValueError(
+    raise InvalidInputError(
         f"the SQL backend takes sqlite:// and postgresql:// (psycopg) URLs, not {name}:// "
         f"({parsed.render_as_string(hide_password=True)!r})"
     )

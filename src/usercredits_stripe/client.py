@@ -20,6 +20,7 @@ from usercredits.clock import Clock, system_clock
 from usercredits.dao import CustomerDao
 from usercredits.errors import (
     DuplicateEntityError,
+    InvalidInputError,
     InvalidPaymentError,
     PaymentError,
     PaymentErrorCode,
@@ -84,13 +85,15 @@ class StripePaymentClient(PaymentClient):
         customers: CustomerDao | None = None,
     ):
         if not isinstance(api_key, str) or not api_key:
-            raise ValueError("a Stripe secret API key is required")
+            raise InvalidInputError("a Stripe secret API key is required")
         if not isinstance(webhook_secret, str) or not webhook_secret:
-            raise ValueError("a Stripe webhook signing secret is required")
+            raise InvalidInputError("a Stripe webhook signing secret is required")
         if isinstance(webhook_tolerance, bool) or not isinstance(webhook_tolerance, int):
-            raise ValueError(f"webhook_tolerance must be seconds (int), got {webhook_tolerance!r}")
+            raise InvalidInputError(
+                f"webhook_tolerance must be seconds (int), got {webhook_tolerance!r}"
+            )
         if webhook_tolerance <= 0:
-            raise ValueError(f"webhook_tolerance must be positive, got {webhook_tolerance}")
+            raise InvalidInputError(f"webhook_tolerance must be positive, got {webhook_tolerance}")
         if customers is not None and not isinstance(customers, CustomerDao):
             raise TypeError(f"customers must be a CustomerDao, got {type(customers).__name__}")
         self._stripe = stripe.StripeClient(
@@ -294,9 +297,9 @@ class StripePaymentClient(PaymentClient):
         (``VALIDATION``) when the e-mail's customer is stored for another user; PaymentError
         for Stripe failures, or when the client has no customer store."""
         if user_id is None or (isinstance(user_id, str) and not user_id):
-            raise ValueError(f"a user id is required, got {user_id!r}")
+            raise InvalidInputError(f"a user id is required, got {user_id!r}")
         if not isinstance(email, str) or "@" not in email:
-            raise ValueError(f"an e-mail address is required, got {email!r}")
+            raise InvalidInputError(f"an e-mail address is required, got {email!r}")
         customers = self._customer_store()
         stored = self._stored(customers, user_id, email)
         if stored is not None:
