@@ -53,3 +53,13 @@ class FrozenClock:
         """Move forward by ``delta`` (or ``timedelta(**kwargs)``) and return the new time."""
         self._now = self._now + (delta if delta is not None else timedelta(**kwargs))
         return self._now
+
+
+def to_iso(moment: datetime | None) -> str | None:
+    """A datetime as ISO 8601 text (None stays None): how stored values keep their dates."""
+    return None if moment is None else moment.isoformat()
+
+
+def from_iso(text: str | None) -> datetime | None:
+    """The datetime :func:`to_iso` wrote (None stays None)."""
+    return None if text is None else datetime.fromisoformat(text)

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from usercredits.clock import from_iso, to_iso
 from usercredits.models import DEFAULT_PRIORITY, GrantSource, LedgerReason, TokenTimetable
 
 SOURCES = {
@@ -161,8 +162,8 @@ class Snapshot(NamedTuple):
                 {
                     **g._asdict(),
                     "source": g.source.value,
-                    "starts": _iso(g.starts),
-                    "expires": _iso(g.expires),
+                    "starts": to_iso(g.starts),
+                    "expires": to_iso(g.expires),
                 }
                 for g in self.grants
             ],
@@ -191,8 +192,8 @@ class Snapshot(NamedTuple):
                     tokens=int(g["tokens"]),
                     remaining=int(g["remaining"]),
                     priority=int(g["priority"]),
-                    starts=_parse(g["starts"]),
-                    expires=_parse(g["expires"]),
+                    starts=from_iso(g["starts"]),
+                    expires=from_iso(g["expires"]),
                     seq=int(g["seq"]),
                     taken=int(g.get("taken", 0)),
                 )
@@ -256,14 +257,6 @@ def _draw(grants: list[LiveGrant], wanted: int) -> int:
         else:
             grants[0] = _holding(grant, grant.remaining - taken, grant.taken)
     return wanted
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
-
-
-def _parse(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
 
 
 def replay(lines: Iterable[TokenTimetable]) -> Snapshot:

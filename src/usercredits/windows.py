@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from usercredits.clock import from_iso, to_iso
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -116,11 +118,11 @@ class Window:
         """The window as JSON-ready data (for backends that store it as a document)."""
         return {
             "version": self.version,
-            "starts": _iso(self.starts),
-            "latest_end": _iso(self.latest_end),
+            "starts": to_iso(self.starts),
+            "latest_end": to_iso(self.latest_end),
             "never_ends": self.never_ends,
             "claims": [
-                {"key": c.key, "starts": _iso(c.starts), "expires": _iso(c.expires)}
+                {"key": c.key, "starts": to_iso(c.starts), "expires": to_iso(c.expires)}
                 for c in self.claims
             ],
             "closed_seq": self.closed_seq,
@@ -131,24 +133,16 @@ class Window:
         """The window stored as :meth:`to_data` made it."""
         return cls(
             version=int(data["version"]),
-            starts=_parse(data["starts"]),
-            latest_end=_parse(data["latest_end"]),
+            starts=from_iso(data["starts"]),
+            latest_end=from_iso(data["latest_end"]),
             never_ends=bool(data["never_ends"]),
             claims=tuple(
                 Claim(
                     key=c["key"],
-                    starts=_parse(c["starts"]),  # type: ignore[arg-type]
-                    expires=_parse(c["expires"]),
+                    starts=from_iso(c["starts"]),  # type: ignore[arg-type]
+                    expires=from_iso(c["expires"]),
                 )
                 for c in data["claims"]
             ),
             closed_seq=None if data["closed_seq"] is None else int(data["closed_seq"]),
         )
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
-
-
-def _parse(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)

@@ -57,10 +57,7 @@ def _amount(order: Order, amount: Any) -> Decimal | None:
     than a positive amount no greater than what is left."""
     if amount is None:
         return None
-    try:
-        value = to_decimal(amount, "amount")
-    except InvalidInputError:
-        raise
+    value = to_decimal(amount, "amount")
     if value <= 0:
         raise InvalidInputError(f"a refund amount must be positive, got {value}")
     if value > order.refundable_amount:

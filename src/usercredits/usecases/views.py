@@ -128,13 +128,16 @@ def history(
     check_user(user_id)
     if offer_group is not None:
         check_group(offer_group)
+    _check_limit(limit)
+    return ctx.lines.history(user_id, offer_group, limit, before)
+
+
+def _check_limit(limit: int) -> None:
     if not is_storable_int(limit) or not 1 <= limit <= MAX_HISTORY:
         raise InvalidInputError(f"limit must be an int from 1 to {MAX_HISTORY}, got {limit!r}")
-    return ctx.lines.history(user_id, offer_group, limit, before)
 
 
 def webhook_events(ctx: Context, limit: int, before: str | None) -> list[WebhookEventRecord]:
     """The gateway events received, the last first."""
-    if not is_storable_int(limit) or not 1 <= limit <= MAX_HISTORY:
-        raise InvalidInputError(f"limit must be an int from 1 to {MAX_HISTORY}, got {limit!r}")
+    _check_limit(limit)
     return ctx.events.latest(limit, before)
