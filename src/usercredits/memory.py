@@ -67,6 +67,15 @@ def _clone_line(line: TokenTimetable) -> TokenTimetable:
     return clone
 
 
+def _clone_order(order: Order) -> Order:
+    """A copy of an order sharing nothing mutable with it: its lists are new, their items
+    (history entries, bundle items) copied; every other field holds an immutable value."""
+    clone = copy.copy(order)
+    clone.history = [copy.copy(entry) for entry in order.history]
+    clone.combined_items = [copy.copy(item) for item in order.combined_items]
+    return clone
+
+
 def _user_key(user_id: UserId) -> UserKey:
     # 1, 1.0 and True hash alike in Python but are different user ids in a database.
     return (type(user_id), user_id)
@@ -250,7 +259,7 @@ class InMemoryOrderDao(_Reader[Order], OrderDao):
             )
 
     def create(self, entity: Order) -> Order:
-        stored = copy.deepcopy(entity)
+        stored = _clone_order(entity)
         stored.payment_intent_secret = None
         with self._lock:
             child = None
@@ -307,7 +316,7 @@ class InMemoryOrderDao(_Reader[Order], OrderDao):
             intent = changes.get("payment_intent_id")
             if intent is not None:
                 self._by_intent[intent] = str(order_id)
-            return copy.deepcopy(updated)
+            return _clone_order(updated)
 
     def find_by_payment_intent_id(self, payment_intent_id: str) -> Order | None:
         with self._lock:
@@ -315,7 +324,7 @@ class InMemoryOrderDao(_Reader[Order], OrderDao):
             found = self._table.rows.get(key) if key is not None else None
             if found is None or found.payment_intent_id != payment_intent_id:
                 return None
-            return copy.deepcopy(found)
+            return _clone_order(found)
 
     def find_child(self, parent_id: EntityId, item_index: int) -> Order | None:
         with self._lock:
@@ -328,7 +337,7 @@ class InMemoryOrderDao(_Reader[Order], OrderDao):
         """The user's orders of an index that ``keep`` keeps, in creation order."""
         with self._lock:
             keys = sorted(index.get(_user_key(user_id), ()), key=self._position.__getitem__)
-            return [copy.deepcopy(o) for k in keys if keep(o := self._table.rows[k])]
+            return [_clone_order(o) for k in keys if keep(o := self._table.rows[k])]
 
     def find_due(self, user_id: UserId, now: datetime) -> list[Order]:
         due = self._indexed(
@@ -586,7 +595,7 @@ class InMemoryDaoFactory(DaoFactory):
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._offers = InMemoryOfferDao(_Table(Offer, self._lock, copy.deepcopy))
-        self._orders = InMemoryOrderDao(_Table(Order, self._lock, copy.deepcopy))
+        self._orders = InMemoryOrderDao(_Table(Order, self._lock, _clone_order))
         self._ledger = InMemoryTokenTimetableDao(_Table(TokenTimetable, self._lock, _clone_line))
         self._credits = InMemoryUserCreditsDao(self._lock)
         self._customers = InMemoryCustomerDao(_Table(Customer, self._lock, copy.deepcopy))
