@@ -804,7 +804,11 @@ def _history_count_budgets(
 
 def _call_budget(label: str) -> tuple[int, int] | None:
     """(reads, writes) allowed to one call: SPEC §9's consumption and balance budgets, and the
-    project's storefront budgets."""
+    project's storefront budgets. A retried keyed consumption consumes nothing: it reads the
+    account, tries the insert the key's unique index refuses, and reads the line holding the
+    key (three round trips, like a consumption, one of them a refused write)."""
+    if label == "consume_tokens_retry_with_key":
+        return (2, 1)
     if label.startswith(("tokens_consumed", "consume_tokens")):
         return (1, 2)
     return {
