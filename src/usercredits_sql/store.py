@@ -128,6 +128,11 @@ class SqlStore:
         self._guard: contextlib.AbstractContextManager[Any] = (
             threading.RLock() if memory else contextlib.nullcontext()
         )
+        # Each thread keeps one connection: taking a connection out of the pool and back for
+        # every statement costs as much as running the statement.
+        self._local = threading.local()
+        self._kept: list[Connection] = []
+        self._kept_lock = threading.Lock()
 
     @contextlib.contextmanager
     def errors(self, what: str) -> Iterator[None]:
@@ -149,9 +154,35 @@ class SqlStore:
 
     @contextlib.contextmanager
     def connect(self, what: str) -> Iterator[Connection]:
-        """A connection for statements that each commit on their own."""
-        with self._guard, self.errors(what), self.engine.connect() as connection:
-            yield connection
+        """The thread's connection, for statements that each commit on their own; dropped
+        (and a new one opened next time) when a statement fails."""
+        with self._guard, self.errors(what):
+            connection = self._thread_connection()
+            try:
+                yield connection
+            except BaseException:
+                self._drop(connection)
+                raise
+
+    def _thread_connection(self) -> Connection:
+        local = self._local
+        connection: Connection | None = getattr(local, "connection", None)
+        if connection is None or local.pid != os.getpid() or connection.closed:
+            # A connection kept by the parent of a forked process is never used here.
+            connection = self.engine.connect()
+            local.connection, local.pid = connection, os.getpid()
+            with self._kept_lock:
+                self._kept.append(connection)
+        return connection
+
+    def _drop(self, connection: Connection) -> None:
+        if getattr(self._local, "connection", None) is connection:
+            self._local.connection = None
+        with self._kept_lock:
+            if connection in self._kept:
+                self._kept.remove(connection)
+        with contextlib.suppress(Exception):
+            connection.close()
 
     @contextlib.contextmanager
     def transaction(self, what: str) -> Iterator[Connection]:
@@ -181,5 +212,11 @@ class SqlStore:
             connection.execute(sa.select(1))
 
     def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close the connections the threads keep (of this process) and every pooled one."""
+        with self._kept_lock:
+            kept, self._kept = self._kept, []
+        for connection in kept:
+            with contextlib.suppress(Exception):
+                connection.close()
+        self._local = threading.local()
         self.engine.dispose()
