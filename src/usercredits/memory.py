@@ -374,9 +374,9 @@ class InMemoryTokenTimetableDao(_Reader[TokenTimetable], TokenTimetableDao):
 
     def create(self, entity: TokenTimetable) -> TokenTimetable:
         stored = _clone_line(entity)
-        account = (_user_key(stored.user_id), stored.offer_group)
+        user = _user_key(stored.user_id)
         with self._lock:
-            lines = self._accounts.setdefault(account, [])
+            lines = self._accounts.setdefault((user, stored.offer_group), [])
             if lines and lines[-1].seq < stored.seq:
                 position = len(lines)
             else:
@@ -395,14 +395,21 @@ class InMemoryTokenTimetableDao(_Reader[TokenTimetable], TokenTimetableDao):
                         f"the {name[1]} key {name[2]!r} of user {stored.user_id!r} is used "
                         f"by line {self._keys[name].id!r}"
                     )
-            created = self._table.insert(stored)
+            if stored.id is None:
+                stored.id = _new_id()
+            key = str(stored.id)
+            table = self._table
+            if key in table.rows:
+                raise DuplicateEntityError(f"ledger line {key!r} already exists")
+            table.rows[key] = stored
+            table.by_user.setdefault(user, []).append(key)
             if position == len(lines):
                 lines.append(stored)
             else:
                 lines.insert(position, stored)
             for name in names:
                 self._keys[name] = stored
-            return created
+            return _clone_line(stored)
 
     def lines_after(self, user_id: UserId, offer_group: str, seq: int) -> list[TokenTimetable]:
         with self._lock:
@@ -495,8 +502,9 @@ class InMemoryUserCreditsDao(UserCreditsDao):
             return accounts[offer_group]
 
     def get_account(self, user_id: UserId, offer_group: str) -> Account | None:
-        with self._lock:
-            return self._accounts.get(_user_key(user_id), {}).get(offer_group)
+        # Accounts are immutable values replaced whole under the lock, and reading a dict is
+        # atomic: a reader needs no lock to see one of them entirely.
+        return self._accounts.get(_user_key(user_id), {}).get(offer_group)
 
     def accounts(self, user_id: UserId) -> list[Account]:
         with self._lock:
