@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,11 +72,13 @@ def is_memory(url: URL) -> bool:
 def create_engine(url: str | URL) -> Engine:
     """An engine for a backend URL (see :func:`normalize_url`), in autocommit mode."""
     parsed = normalize_url(url)
-    options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT"}
+    # Every thread using the backend keeps a connection (see SqlStore): no bound on how many.
+    options: dict[str, Any] = {"isolation_level": "AUTOCOMMIT", "max_overflow": -1}
     if parsed.get_backend_name() == "sqlite":
         connect_args: dict[str, Any] = {"check_same_thread": False}
         if is_memory(parsed):
             options["poolclass"] = StaticPool
+            del options["max_overflow"]
         else:
             connect_args["timeout"] = SQLITE_BUSY_TIMEOUT
         options["connect_args"] = connect_args
@@ -129,9 +132,11 @@ class SqlStore:
             threading.RLock() if memory else contextlib.nullcontext()
         )
         # Each thread keeps one connection: taking a connection out of the pool and back for
-        # every statement costs as much as running the statement.
+        # every statement costs as much as running the statement. The pool is unbounded (see
+        # create_engine), so that any number of threads keep one each; a thread's connection
+        # goes back to the pool when the thread ends.
         self._local = threading.local()
-        self._kept: list[Connection] = []
+        self._kept: weakref.WeakSet[_Kept] = weakref.WeakSet()
         self._kept_lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -165,24 +170,20 @@ class SqlStore:
                 raise
 
     def _thread_connection(self) -> Connection:
-        local = self._local
-        connection: Connection | None = getattr(local, "connection", None)
-        if connection is None or local.pid != os.getpid() or connection.closed:
+        kept: _Kept | None = getattr(self._local, "kept", None)
+        if kept is None or kept.pid != os.getpid() or kept.connection.closed:
             # A connection kept by the parent of a forked process is never used here.
-            connection = self.engine.connect()
-            local.connection, local.pid = connection, os.getpid()
+            kept = _Kept(self.engine.connect())
+            self._local.kept = kept
             with self._kept_lock:
-                self._kept.append(connection)
-        return connection
+                self._kept.add(kept)
+        return kept.connection
 
     def _drop(self, connection: Connection) -> None:
-        if getattr(self._local, "connection", None) is connection:
-            self._local.connection = None
-        with self._kept_lock:
-            if connection in self._kept:
-                self._kept.remove(connection)
-        with contextlib.suppress(Exception):
-            connection.close()
+        kept: _Kept | None = getattr(self._local, "kept", None)
+        if kept is not None and kept.connection is connection:
+            self._local.kept = None
+            kept.close()
 
     @contextlib.contextmanager
     def transaction(self, what: str) -> Iterator[Connection]:
@@ -214,9 +215,27 @@ class SqlStore:
     def dispose(self) -> None:
         """Close the connections the threads keep (of this process) and every pooled one."""
         with self._kept_lock:
-            kept, self._kept = self._kept, []
-        for connection in kept:
-            with contextlib.suppress(Exception):
-                connection.close()
+            kept, self._kept = list(self._kept), weakref.WeakSet()
+        for holder in kept:
+            holder.close()
         self._local = threading.local()
         self.engine.dispose()
+
+
+class _Kept:
+    """A thread's connection: closed (back to the pool) when the thread ends and its
+    thread-local storage goes, unless it belongs to the parent of a forked process."""
+
+    __slots__ = ("__weakref__", "connection", "pid")
+
+    def __init__(self, connection: Connection):
+        self.connection = connection
+        self.pid = os.getpid()
+
+    def close(self) -> None:
+        if self.pid == os.getpid():
+            with contextlib.suppress(Exception):
+                self.connection.close()
+
+    def __del__(self) -> None:
+        self.close()

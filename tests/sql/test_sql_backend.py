@@ -7,6 +7,7 @@ Each test runs on an SQLite file and on the session's PostgreSQL server where bo
 from __future__ import annotations
 
 import contextlib
+import gc
 import socket
 import sqlite3
 import threading
@@ -159,6 +160,35 @@ def test_an_in_memory_sqlite_database_serves_several_threads() -> None:
         assert service.remaining_tokens("alice", "pack") == 5
     finally:
         factory.close()
+
+
+def test_more_threads_than_a_default_pool_holds_work_at_once_and_give_back_their_connections(
+    factory: SqlDaoFactory,
+) -> None:
+    service = PaymentService(factory, ManualPaymentClient())
+    service.grant_tokens("alice", "pack", 40)
+    start, end = threading.Barrier(40), threading.Barrier(40)
+    failures: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            start.wait(timeout=30)
+            service.consume_tokens("alice", "pack", 1)
+        except BaseException as e:
+            failures.append(e)
+        end.wait(timeout=30)  # every thread holds its connection until all have consumed
+
+    threads = [threading.Thread(target=consume) for _ in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert failures == []
+    assert service.remaining_tokens("alice", "pack") == 0
+    gc.collect()
+    pool = factory.engine.pool
+    assert pool.checkedout() <= 1  # this thread's own connection
 
 
 def test_a_sqlite_file_is_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
