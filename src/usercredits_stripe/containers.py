@@ -35,7 +35,8 @@ def customer_dao(dao_factory: DaoFactory | None) -> CustomerDao | None:
 
 
 class StripeContainer(containers.DeclarativeContainer):
-    """Provides ``payment_client``, one :class:`StripePaymentClient` (a singleton) built from
+    """Provides ``payment_client``, one :class:`StripePaymentClient` (a singleton, safe to ask
+    for from several threads at once) built from
     ``config.api_key`` and ``config.webhook_secret`` (required), ``config.api_base``
     (optional: another Stripe-compatible server) and the customer DAO of ``dao_factory``
     (optional: the application's :class:`~usercredits.dao.DaoFactory`, the same as the core
@@ -48,7 +49,7 @@ class StripeContainer(containers.DeclarativeContainer):
     )
     """The application's DaoFactory, where Stripe customers are stored (None: none)."""
 
-    payment_client = providers.Singleton(
+    payment_client = providers.ThreadSafeSingleton(
         StripePaymentClient,
         api_key=config.api_key.required(),
         webhook_secret=config.webhook_secret.required(),
