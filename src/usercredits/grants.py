@@ -22,7 +22,7 @@ exactly what its grant still held.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -257,6 +257,32 @@ def _draw(grants: list[LiveGrant], wanted: int) -> int:
         else:
             grants[0] = _holding(grant, grant.remaining - taken, grant.taken)
     return wanted
+
+
+def ending_key(reason: LedgerReason, grant_id: str) -> str:
+    """The operation key of the line that ends a grant for ``reason`` (once per grant)."""
+    return f"{reason}:{grant_id}"
+
+
+def take_remainder(
+    grant_id: str, reason: LedgerReason, order_id: Any = None
+) -> Callable[[Snapshot], TokenTimetable | None]:
+    """The decision of a line ending a grant (an expiry, a full refund, a void): it takes
+    exactly what the grant still holds in the snapshot it follows, or nothing is written."""
+
+    def decide(snapshot: Snapshot) -> TokenTimetable | None:
+        remainder = snapshot.remainder(grant_id)
+        if remainder <= 0:
+            return None
+        return TokenTimetable(
+            tokens=-remainder,
+            order_id=order_id,
+            reason=reason,
+            grant_id=grant_id,
+            operation_key=ending_key(reason, grant_id),
+        )
+
+    return decide
 
 
 def replay(lines: Iterable[TokenTimetable]) -> Snapshot:

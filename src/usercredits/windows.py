@@ -14,7 +14,7 @@ Windows are changed by compare-and-set on ``version`` (see
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -87,11 +87,12 @@ class Window:
         widened = self.widened(claim.starts, claim.expires)
         return dataclasses.replace(widened, claims=(*self.claims, claim))
 
-    def released(self, key: str) -> Window:
-        """The next version, without the claim ``key``."""
-        return dataclasses.replace(
-            self, version=self.version + 1, claims=tuple(c for c in self.claims if c.key != key)
-        )
+    def released(self, keys: Collection[str]) -> Window | None:
+        """The next version, without the claims of ``keys``; None when it holds none of them."""
+        kept = tuple(c for c in self.claims if c.key not in keys)
+        if len(kept) == len(self.claims):
+            return None
+        return dataclasses.replace(self, version=self.version + 1, claims=kept)
 
     def reset(
         self, starts: datetime | None, latest_end: datetime | None, never_ends: bool

@@ -22,12 +22,13 @@ call left undone; remainders are taken through the commit rule of
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from datetime import datetime
 from decimal import Decimal
 
 from usercredits.dao import Account
 from usercredits.errors import DuplicateEntityError
-from usercredits.grants import Snapshot
+from usercredits.grants import Snapshot, take_remainder
 from usercredits.models import (
     REFUNDABLE,
     CombinedOrder,
@@ -91,7 +92,7 @@ def complete(ctx: Context, order: Order) -> Completion:
         },
     )
     if status in HOLDING:
-        _release(ctx, order.user_id, order.offer_group, _claim_key(order), now)
+        release_claims(ctx, order.user_id, order.offer_group, [_claim_key(order)], now)
     done.order = finished or ctx.load_order(order.id)
     return done
 
@@ -184,14 +185,14 @@ def _claim(
     return taken[0]
 
 
-def _release(ctx: Context, user_id: UserId, group: str, key: str, now: datetime) -> None:
-    """Forget a claim once its window is recorded on its order."""
-
-    def change(account: Account) -> Window | None:
-        return None if account.window.claim(key) is None else account.window.released(key)
-
+def release_claims(
+    ctx: Context, user_id: UserId, group: str, keys: Collection[str], now: datetime
+) -> None:
+    """Forget claims once their windows are recorded on their orders."""
     if ctx.credits.get_account(user_id, group) is not None:
-        ctx.accounts.change_window(user_id, group, change, now=now)
+        ctx.accounts.change_window(
+            user_id, group, lambda account: account.window.released(keys), now=now
+        )
 
 
 def _shrink_window(ctx: Context, order: Order, group: str, now: datetime) -> None:
@@ -201,10 +202,7 @@ def _shrink_window(ctx: Context, order: Order, group: str, now: datetime) -> Non
 
     def change(account: Account) -> Window | None:
         live = [o for o in ctx.orders.find_live(order.user_id, group) if o.starts is not None]
-        window = account.window
-        for key in keys:
-            if window.claim(key) is not None:
-                window = window.released(key)
+        window = account.window.released(keys) or account.window
         ends = [o.expires for o in live if o.expires is not None]
         shrunk = window.reset(
             min((o.starts for o in live if o.starts is not None), default=None),
@@ -279,20 +277,7 @@ def _take(
     """Take what the order's grant still holds, once: after the first take it holds nothing."""
     if order.token_count <= 0:
         return
-    grant_id = str(order.id)
-
-    def decide(snapshot: Snapshot) -> TokenTimetable | None:
-        remainder = snapshot.remainder(grant_id)
-        if remainder <= 0:
-            return None
-        return TokenTimetable(
-            tokens=-remainder,
-            order_id=order.id,
-            reason=reason,
-            grant_id=grant_id,
-            operation_key=f"{reason}:{grant_id}",
-        )
-
+    decide = take_remainder(str(order.id), reason, order.id)
     appended = ctx.accounts.append(order.user_id, order.offer_group, decide, now=now)
     if appended.created and appended.line is not None:
         done.lines.append(appended.line)
@@ -368,7 +353,7 @@ def _settle_item(
         window = dataclasses.replace(item, starts=starts, expires=expires)
         child = _create_child(ctx, _child(order, index, window, Status.PAID, now))
     if item.append_date:
-        _release(ctx, order.user_id, item.offer_group, key, now)
+        release_claims(ctx, order.user_id, item.offer_group, [key], now)
     if child.status in HOLDING:
         _grant(ctx, child, done, now)
     return dataclasses.replace(item, starts=child.starts, expires=child.expires), child

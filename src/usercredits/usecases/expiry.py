@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from usercredits.dao import Account
 from usercredits.errors import InvalidInputError
-from usercredits.grants import Snapshot
+from usercredits.grants import take_remainder
 from usercredits.models import (
     LIVE,
     ExpiryReport,
@@ -101,19 +101,7 @@ def _expire_direct_grants(ctx: Context, account: Account, now: datetime) -> list
     for grant in account.snapshot.grants:
         if grant.order_id is not None or grant.expires is None or grant.expires > now:
             continue
-        grant_id = grant.grant_id
-
-        def decide(snapshot: Snapshot, grant_id: str = grant_id) -> TokenTimetable | None:
-            remainder = snapshot.remainder(grant_id)
-            if remainder <= 0:
-                return None
-            return TokenTimetable(
-                tokens=-remainder,
-                reason=LedgerReason.EXPIRY,
-                grant_id=grant_id,
-                operation_key=f"{LedgerReason.EXPIRY}:{grant_id}",
-            )
-
+        decide = take_remainder(grant.grant_id, LedgerReason.EXPIRY)
         appended = ctx.accounts.append(account.user_id, account.offer_group, decide, now=now)
         if appended.created and appended.line is not None:
             lines.append(appended.line)

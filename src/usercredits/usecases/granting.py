@@ -14,7 +14,14 @@ from typing import Any
 
 from usercredits.clock import to_utc
 from usercredits.errors import EntityNotFoundError, IdempotencyConflictError, InvalidInputError
-from usercredits.grants import REASONS, SOURCES, LiveGrant, Snapshot
+from usercredits.grants import (
+    REASONS,
+    SOURCES,
+    LiveGrant,
+    Snapshot,
+    ending_key,
+    take_remainder,
+)
 from usercredits.models import (
     DEFAULT_PRIORITY,
     EntityId,
@@ -138,7 +145,7 @@ def _status(ctx: Context, line: TokenTimetable, now: datetime) -> GrantStatus:
     """The status of a grant that is not live, read from the line that ended it."""
     grant_id = line.grant_id or str(line.id)
     for reason, status in ENDING.items():
-        if ctx.lines.find_by_key(line.user_id, operation_key=f"{reason}:{grant_id}"):
+        if ctx.lines.find_by_key(line.user_id, operation_key=ending_key(reason, grant_id)):
             return status
     orders = {}
     if line.order_id is not None:
@@ -238,19 +245,6 @@ def void_grant(ctx: Context, grant_id: EntityId) -> Grant:
     """Take what the grant still holds now (a ``void`` line); idempotent: voiding a grant that
     holds nothing changes nothing and returns it."""
     line = _locate(ctx, grant_id)
-    gid = line.grant_id or str(line.id)
-
-    def decide(snapshot: Snapshot) -> TokenTimetable | None:
-        remainder = snapshot.remainder(gid)
-        if remainder <= 0:
-            return None
-        return TokenTimetable(
-            tokens=-remainder,
-            order_id=line.order_id,
-            reason=LedgerReason.VOID,
-            grant_id=gid,
-            operation_key=f"{LedgerReason.VOID}:{gid}",
-        )
-
+    decide = take_remainder(line.grant_id or str(line.id), LedgerReason.VOID, line.order_id)
     appended = ctx.accounts.append(line.user_id, line.offer_group, decide, now=ctx.now())
     return _grant_of(ctx, line, appended.snapshot)

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from usercredits.dao import Account
 from usercredits.grants import replay
 from usercredits.models import AuditReport, GroupAudit, ReconcileReport, UserId
 from usercredits.usecases.checks import check_user
 from usercredits.usecases.context import Context
-from usercredits.usecases.effects import complete
-from usercredits.windows import Window
+from usercredits.usecases.effects import complete, release_claims
 
 
 def reconcile(ctx: Context, user_id: UserId) -> ReconcileReport:
@@ -28,7 +24,7 @@ def reconcile(ctx: Context, user_id: UserId) -> ReconcileReport:
             ctx.accounts.read(user_id, group)
         stale = [c.key for c in account.window.claims if not _claimed_in_progress(ctx, c.key)]
         if stale:
-            ctx.accounts.change_window(user_id, group, _releasing(stale), now=ctx.now())
+            release_claims(ctx, user_id, group, stale, ctx.now())
         if newer or stale:
             report.repaired_groups.append(group)
     return report
@@ -39,17 +35,6 @@ def _claimed_in_progress(ctx: Context, key: str) -> bool:
     still in progress: its completion will record and release the claim."""
     order = ctx.orders.find_by_id(key.split("/")[0])
     return order is not None and order.in_progress
-
-
-def _releasing(keys: list[str]) -> Callable[[Account], Window | None]:
-    def change(account: Account) -> Window | None:
-        window = account.window
-        for key in keys:
-            if window.claim(key) is not None:
-                window = window.released(key)
-        return None if window is account.window else window
-
-    return change
 
 
 def audit(ctx: Context, user_id: UserId) -> AuditReport:
