@@ -70,13 +70,14 @@ class Accounts:
     def read(self, user_id: UserId, offer_group: str) -> Account | None:
         """The account with every recorded line folded in, None when absent (two reads)."""
         account = self._credits.get_account(user_id, offer_group)
-        return None if account is None else self._caught_up(account)
+        return None if account is None else self.catch_up(account)
 
     def read_all(self, user_id: UserId) -> list[Account]:
         """Every account of the user, each with every recorded line folded in."""
-        return [self._caught_up(a) for a in self._credits.accounts(user_id)]
+        return [self.catch_up(a) for a in self._credits.accounts(user_id)]
 
-    def _caught_up(self, account: Account) -> Account:
+    def catch_up(self, account: Account) -> Account:
+        """``account`` with the lines recorded beyond its snapshot folded in (and stored)."""
         newer = self._lines.lines_after(account.user_id, account.offer_group, account.snapshot.seq)
         if not newer:
             return account
@@ -168,7 +169,7 @@ class Accounts:
 
         def load() -> Account:
             account = self._open(user_id, offer_group, now)
-            return self._caught_up(account) if caught_up else account
+            return self.catch_up(account) if caught_up else account
 
         account = load()
         for attempt in range(ATTEMPTS):

@@ -19,13 +19,11 @@ def reconcile(ctx: Context, user_id: UserId) -> ReconcileReport:
         report.completed_orders.append(order.id)
     for account in ctx.credits.accounts(user_id):
         group = account.offer_group
-        newer = ctx.lines.lines_after(user_id, group, account.snapshot.seq)
-        if newer:
-            ctx.accounts.read(user_id, group)
+        behind = ctx.accounts.catch_up(account).snapshot.seq != account.snapshot.seq
         stale = [c.key for c in account.window.claims if not _claimed_in_progress(ctx, c.key)]
         if stale:
             release_claims(ctx, user_id, group, stale, ctx.now())
-        if newer or stale:
+        if behind or stale:
             report.repaired_groups.append(group)
     return report
 
