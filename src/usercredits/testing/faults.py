@@ -416,6 +416,11 @@ SCENARIOS: tuple[Scenario, ...] = (
         lambda w, u, event: w.service.handle_webhook(*event),
     ),
     Scenario(
+        "handle_webhook_dispute_opened",
+        _event(WebhookEventKind.DISPUTE_OPENED, bought=True, amount=Decimal("10")),
+        lambda w, u, event: w.service.handle_webhook(*event),
+    ),
+    Scenario(
         "handle_webhook_dispute_lost",
         _event(WebhookEventKind.DISPUTE_LOST, bought=True),
         lambda w, u, event: w.service.handle_webhook(*event),
