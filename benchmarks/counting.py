@@ -176,6 +176,8 @@ class PymongoCounter(Counter):
 
 def _statement_kind(statement: str) -> str:
     word = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else ""
+    if word == "WITH" and any(f"{verb} " in statement for verb in ("INSERT", "UPDATE", "DELETE")):
+        return "writes"
     if word in ("SELECT", "WITH", "VALUES"):
         return "reads"
     if word in ("INSERT", "UPDATE", "DELETE"):
@@ -215,10 +217,24 @@ class SqlCounter(Counter):
                     original = vars(strategy)[name]
                     patched.append((strategy, name, original))
                     setattr(strategy, name, self._counting_fetch(name, original))
+        # The hottest statements go to the driver directly, through SqlStore.execute.
+        from usercredits_sql.store import SqlStore
+
+        send = SqlStore.execute
+
+        def execute(cursor: Any, statement: str, parameters: Any = ()) -> Any:
+            self.add(_statement_kind(statement))
+            result = send(cursor, statement, parameters)
+            if _statement_kind(statement) == "reads":
+                return _CountingRows(self, result)
+            return result
+
         sa.event.listen(sa.engine.Engine, "before_cursor_execute", before)
+        SqlStore.execute = staticmethod(execute)  # type: ignore[method-assign]
         try:
             yield
         finally:
+            SqlStore.execute = staticmethod(send)  # type: ignore[method-assign]
             sa.event.remove(sa.engine.Engine, "before_cursor_execute", before)
             for strategy, name, original in patched:
                 setattr(strategy, name, original)
@@ -233,6 +249,19 @@ class SqlCounter(Counter):
             return found
 
         return fetch
+
+
+class _CountingRows:
+    """A driver's cursor whose fetched rows are counted."""
+
+    def __init__(self, counter: Counter, cursor: Any):
+        self._counter = counter
+        self._cursor = cursor
+
+    def fetchone(self) -> Any:
+        row = self._cursor.fetchone()
+        self._counter.add("rows", 0 if row is None else 1)
+        return row
 
 
 def total(counts: Counts) -> int:

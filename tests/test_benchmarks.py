@@ -39,6 +39,9 @@ GROWTH_ALLOWED = {"load_user_credits", "history", "after_execute"}
 """``after_execute`` answers with the user's credits (every subscription); ``settle``, the
 settlement alone, is checked."""
 ROUND_TRIPS = ("reads", "writes", "other")
+TRANSACTION = {"mongomock": 0, "sqlite": 2}
+"""Statements that only open and close a transaction (``BEGIN``, ``COMMIT``): a SQL append
+runs in one, holding the account; MongoDB appends by compare-and-set, without any."""
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +86,7 @@ def test_a_consumption_costs_at_most_one_read_and_two_writes(
     ):
         assert counts["reads"] <= 1, counts
         assert counts["writes"] <= 2, counts
-        assert counts.get("other", 0) == 0, counts
+        assert counts.get("other", 0) == TRANSACTION[backend], counts
 
 
 @pytest.mark.parametrize("backend", COUNTED)
@@ -95,7 +98,8 @@ def test_a_retried_keyed_consumption_reads_the_first_line_and_stores_nothing(
         # The account, the insert the key's unique index refuses, the line holding the key.
         assert counts["reads"] <= 2, counts
         assert counts["writes"] <= 1, counts
-        assert round_trips(counts) <= 3, counts
+        assert counts.get("other", 0) == TRANSACTION[backend], counts
+        assert round_trips(counts) <= 3 + TRANSACTION[backend], counts
 
 
 @pytest.mark.parametrize("backend", COUNTED)
@@ -121,11 +125,18 @@ def test_reading_a_balance_costs_at_most_two_reads(report: dict[str, Any], backe
 def test_no_call_but_credits_and_history_reads_more_for_a_user_with_a_long_history(
     report: dict[str, Any], backend: str
 ) -> None:
+    # On SQL an append stores the account's snapshot every SNAPSHOT_LAG lines: whether the
+    # counted consumption is one that does depends on how many lines came before it.
+    periodic = {"writes": 1} if backend == "sqlite" else {}
     grown = {
         call: (pair["no_past_orders"], pair["past_orders"])
         for call, pair in calls(report, backend).items()
         if call not in GROWTH_ALLOWED
-        and any(pair["past_orders"][k] > pair["no_past_orders"][k] for k in pair["past_orders"])
+        and any(
+            pair["past_orders"][k]
+            > pair["no_past_orders"].get(k, 0) + (periodic.get(k, 0) if call in CONSUMPTIONS else 0)
+            for k in pair["past_orders"]
+        )
     }
     assert grown == {}
 

@@ -11,12 +11,18 @@ An account (a user's offer group) changes only by appending its next ledger line
    newer lines. A line whose idempotency or operation key is already used is
    not appended: the line holding the key is returned instead;
 4. store the new snapshot, a cache: a reader that finds lines beyond it folds
-   them in (and stores the result), so a crash between 3 and 4 loses nothing.
+   them in, so a crash between 3 and 4 loses nothing.
 
 Because every decision is taken on the exact state its line follows, an expiry
 or a refund takes exactly what its grant still holds, and a safe consumption
 can never overdraw, whatever runs concurrently and without any transaction.
 Windows change by compare-and-set on their version (:meth:`Accounts.change_window`).
+
+A backend with transactions may instead hold the account while it appends
+(:meth:`~usercredits.dao.UserCreditsDao.append_locked`): steps 1 to 4 then run in one
+transaction, which commits the line and its snapshot together and never loses a race. The
+line is still numbered and keyed under the same unique indexes, so both ways of appending
+can write to one account side by side.
 """
 
 from __future__ import annotations
@@ -26,9 +32,8 @@ import random
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import NamedTuple
 
-from usercredits.dao import Account, TokenTimetableDao, UserCreditsDao
+from usercredits.dao import Account, Appended, TokenTimetableDao, UserCreditsDao
 from usercredits.errors import DuplicateEntityError, StorageError
 from usercredits.grants import Snapshot
 from usercredits.models import TokenTimetable, UserId
@@ -39,17 +44,11 @@ logger = logging.getLogger("usercredits")
 ATTEMPTS = 200
 """How many times a write lost to concurrent writers of one account is tried again."""
 
-
-class Appended(NamedTuple):
-    """The outcome of :meth:`Accounts.append`.
-
-    ``line`` is the line appended (``created``), or the line already holding the draft's key
-    (not ``created``), or None when the decision was to append nothing. ``snapshot`` is the
-    account as of the latest line seen."""
-
-    line: TokenTimetable | None
-    created: bool
-    snapshot: Snapshot
+SNAPSHOT_LAG = 8
+"""How many lines a stored snapshot may lag behind its account's ledger in the normal course.
+An append stores the snapshot after its line (a backend appending under a lock may do it only
+every ``SNAPSHOT_LAG`` lines); a reader that folds newer lines stores the result only when it
+folded at least as many, so reading stays a read."""
 
 
 Decision = Callable[[Snapshot], TokenTimetable | None]
@@ -76,13 +75,15 @@ class Accounts:
         """Every account of the user, each with every recorded line folded in."""
         return [self.catch_up(a) for a in self._credits.accounts(user_id)]
 
-    def catch_up(self, account: Account) -> Account:
-        """``account`` with the lines recorded beyond its snapshot folded in (and stored)."""
+    def catch_up(self, account: Account, *, store: bool = False) -> Account:
+        """``account`` with the lines recorded beyond its snapshot folded in; the result is
+        stored when ``store`` or when it folded :data:`SNAPSHOT_LAG` lines or more."""
         newer = self._lines.lines_after(account.user_id, account.offer_group, account.snapshot.seq)
         if not newer:
             return account
         snapshot = account.snapshot.apply_all(newer)
-        self._save(account.user_id, account.offer_group, snapshot)
+        if store or len(newer) >= SNAPSHOT_LAG:
+            self._save(account.user_id, account.offer_group, snapshot)
         return account._replace(snapshot=snapshot)
 
     def _save(self, user_id: UserId, offer_group: str, snapshot: Snapshot) -> None:
@@ -113,22 +114,35 @@ class Accounts:
     ) -> Appended:
         """Append the line ``decide`` makes from the account's latest snapshot, as its next
         line (the account is opened when absent, once there is a line to append). Exactly one
-        of racing appends takes each number; the others decide again on the newer lines."""
+        of racing appends takes each number; the others decide again on the newer lines.
+        A backend that can hold the account while it appends (:meth:`UserCreditsDao.
+        append_locked`) does it in one transaction, with the same outcome."""
+
+        def draft(snapshot: Snapshot) -> TokenTimetable | None:
+            line = decide(snapshot)
+            if line is not None:
+                line.user_id, line.offer_group, line.seq = user_id, offer_group, snapshot.seq + 1
+                line.created_at = now
+            return line
+
+        locked = self._credits.append_locked(user_id, offer_group, draft)
+        if locked is not None:
+            return locked
         account = self._credits.get_account(user_id, offer_group)
         snapshot = Snapshot() if account is None else account.snapshot
         for attempt in range(ATTEMPTS):
-            draft = decide(snapshot)
-            if draft is None:
+            line = draft(snapshot)
+            if line is None:
                 return Appended(None, False, snapshot)
             if account is None:
                 # Opened only once something is to be appended: a refusal stores nothing.
                 account = self._credits.open_account(user_id, offer_group, now)
+                locked = self._credits.append_locked(user_id, offer_group, draft)
+                if locked is not None:
+                    return locked
                 if account.snapshot.seq != snapshot.seq:
                     snapshot = account.snapshot
                     continue
-            line = draft
-            line.user_id, line.offer_group, line.seq = user_id, offer_group, snapshot.seq + 1
-            line.created_at = now
             try:
                 stored = self._lines.create(line)
             except DuplicateEntityError:

@@ -20,7 +20,7 @@ write that would break a uniqueness rule as
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from datetime import datetime
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -190,10 +190,27 @@ class Account(NamedTuple):
     window: Window
 
 
+class Appended(NamedTuple):
+    """The outcome of an append to an account.
+
+    ``line`` is the line appended (``created``), or the line already holding the draft's key
+    (not ``created``), or None when the decision was to append nothing. ``snapshot`` is the
+    account as of the latest line seen."""
+
+    line: TokenTimetable | None
+    created: bool
+    snapshot: Snapshot
+
+
+Draft = Callable[[Snapshot], TokenTimetable | None]
+"""Makes an account's next line from its snapshot: the line complete (user, group, date,
+``seq`` one above the snapshot's), or None to append nothing; it may raise to refuse."""
+
+
 class UserCreditsDao(abc.ABC):
     """Users with credits and their accounts: one record per user, one account per (user,
     offer group). An account's snapshot and window change only through the two
-    compare-and-set writes below."""
+    compare-and-set writes below (and :meth:`append_locked`, for backends that offer it)."""
 
     @abc.abstractmethod
     def register(self, user_id: UserId) -> EntityId:
@@ -231,6 +248,22 @@ class UserCreditsDao(abc.ABC):
     ) -> bool:
         """Store ``window`` if the stored window's ``version`` is ``expected_version``; whether
         it was stored (False, storing nothing, when the account does not exist)."""
+
+    def append_locked(self, user_id: UserId, offer_group: str, draft: Draft) -> Appended | None:
+        """Optional: append the account's next line and its snapshot in one atomic write,
+        holding the account so that no other writer can come in between (a transaction on a
+        database that has them). None, calling nothing and storing nothing, when the backend
+        does not offer it or the account does not exist: the caller appends by the
+        compare-and-set rule of :mod:`usercredits.accounts` instead.
+
+        Otherwise ``draft`` is called with the account's snapshot, every recorded line
+        folded in (again, if a line numbered like its draft turns out to exist). A None
+        draft stores nothing; a draft whose idempotency or operation key another line of the
+        user holds stores nothing and returns that line (not ``created``); else the line is
+        stored, and the snapshot that follows it when the stored snapshot would otherwise lag
+        :data:`~usercredits.accounts.SNAPSHOT_LAG` lines behind. When ``draft`` raises,
+        nothing is stored."""
+        return None
 
 
 class CustomerDao(Reader[Customer]):
@@ -297,7 +330,9 @@ WRITES: Mapping[type, frozenset[str]] = {
     OfferDao: frozenset({"create", "update_by_id", "delete_by_id"}),
     OrderDao: frozenset({"create", "transition"}),
     TokenTimetableDao: frozenset({"create"}),
-    UserCreditsDao: frozenset({"register", "open_account", "save_snapshot", "save_window"}),
+    UserCreditsDao: frozenset(
+        {"register", "open_account", "save_snapshot", "save_window", "append_locked"}
+    ),
     CustomerDao: frozenset({"create"}),
     WebhookEventDao: frozenset({"create", "finish"}),
 }

@@ -22,8 +22,10 @@ from typing import Any, Generic, TypeVar
 from usercredits.dao import (
     ID_FIELDS,
     Account,
+    Appended,
     CustomerDao,
     DaoFactory,
+    Draft,
     Filters,
     OfferDao,
     OrderDao,
@@ -460,10 +462,12 @@ class InMemoryTokenTimetableDao(_Reader[TokenTimetable], TokenTimetableDao):
 
 class InMemoryUserCreditsDao(UserCreditsDao):
     """Users and their accounts kept in memory; accounts are immutable values replaced under
-    the lock by compare-and-set."""
+    the lock by compare-and-set. Appends run under the backend's lock
+    (:meth:`append_locked`)."""
 
-    def __init__(self, lock: threading.RLock):
+    def __init__(self, lock: threading.RLock, ledger: InMemoryTokenTimetableDao):
         self._lock = lock
+        self._ledger = ledger
         self._users: dict[UserKey, tuple[str, UserId]] = {}
         self._accounts: dict[UserKey, dict[str, Account]] = {}
 
@@ -520,6 +524,31 @@ class InMemoryUserCreditsDao(UserCreditsDao):
                 current.user_id, offer_group, current.created_at, snapshot, current.window
             )
             return True
+
+    def append_locked(self, user_id: UserId, offer_group: str, draft: Draft) -> Appended | None:
+        with self._lock:
+            account = self.get_account(user_id, offer_group)
+            if account is None:
+                return None
+            snapshot = account.snapshot.apply_all(
+                self._ledger.lines_after(user_id, offer_group, account.snapshot.seq)
+            )
+            line = draft(snapshot)
+            if line is None:
+                return Appended(None, False, snapshot)
+            try:
+                stored = self._ledger.create(line)
+            except DuplicateEntityError:
+                # Under the lock the number is free: a key of the line is taken.
+                holder = self._ledger.find_by_key(
+                    user_id, idempotency_key=line.idempotency_key, operation_key=line.operation_key
+                )
+                if holder is None:
+                    raise
+                return Appended(holder, False, snapshot)
+            snapshot = snapshot.apply(stored)
+            self.save_snapshot(user_id, offer_group, snapshot)
+            return Appended(stored, True, snapshot)
 
     def save_window(
         self, user_id: UserId, offer_group: str, expected_version: int, window: Window
@@ -605,7 +634,7 @@ class InMemoryDaoFactory(DaoFactory):
         self._offers = InMemoryOfferDao(_Table(Offer, self._lock, copy.deepcopy))
         self._orders = InMemoryOrderDao(_Table(Order, self._lock, _clone_order))
         self._ledger = InMemoryTokenTimetableDao(_Table(TokenTimetable, self._lock, _clone_line))
-        self._credits = InMemoryUserCreditsDao(self._lock)
+        self._credits = InMemoryUserCreditsDao(self._lock, self._ledger)
         self._customers = InMemoryCustomerDao(_Table(Customer, self._lock, copy.deepcopy))
         self._events = InMemoryWebhookEventDao(
             _Table(WebhookEventRecord, self._lock, copy.deepcopy)

@@ -238,9 +238,10 @@ def _ref_field(name: str) -> Field:
 class EntityCodec(Generic[M]):
     """Converts one dataclass of the model to and from rows of its table.
 
-    ``user_id`` (a type tag and a text) and ``id`` are handled here; ``fields`` says how the
-    other stored fields map to columns; a model field in neither is never stored (read as
-    its default)."""
+    ``user_id`` (a type tag and a text) and ``id`` are handled here: an ``id`` column holding
+    a new id given at insert, or, for a table without one, the ``pk`` given by the database
+    (as text); ``fields`` says how the other stored fields map to columns; a model field in
+    neither is never stored (read as its default)."""
 
     def __init__(
         self,
@@ -255,6 +256,7 @@ class EntityCodec(Generic[M]):
         self.fields = {f.name: f for f in fields}
         self.model_fields = frozenset(f.name for f in dataclasses.fields(model))  # type: ignore[arg-type]
         self.has_user = "user_type" in table.c
+        self.id_is_pk = "id" not in table.c
         self.unmapped = self.model_fields - {"id", "user_id", *self.fields, *unstored}
         """Model fields neither stored nor declared unstored (none, unless the model grew)."""
 
@@ -267,14 +269,38 @@ class EntityCodec(Generic[M]):
             )
 
     def values(self, entity: M) -> dict[str, Any]:
-        """The column values storing ``entity`` (its id only when it has one)."""
+        """The column values storing ``entity`` (a new id when it has none, or none at all when
+        the database numbers the rows)."""
         entity_id = getattr(entity, "id", None)
-        row: dict[str, Any] = {"id": new_id() if entity_id is None else encode_ref(entity_id)}
+        row: dict[str, Any] = {}
+        if not self.id_is_pk:
+            row["id"] = new_id() if entity_id is None else encode_ref(entity_id)
+        elif entity_id is not None:
+            row["pk"] = self.pk(entity_id)
         if self.has_user:
             row["user_type"], row["user_id"] = encode_user(getattr(entity, "user_id"))  # noqa: B009
         for field in self.fields.values():
             row[field.column] = field.encode(getattr(entity, field.name))
         return row
+
+    def pk(self, entity_id: Any) -> int:
+        """The ``pk`` of an id, for a table whose ids are its ``pk``; NoMatch when no row can
+        have this id."""
+        try:
+            pk = int(str(entity_id))
+        except ValueError:
+            raise NoMatch from None
+        if not 0 < pk < 2**63 or str(pk) != str(entity_id):
+            raise NoMatch
+        return pk
+
+    def id_matches(self, entity_id: Any) -> sa.ColumnElement[bool]:
+        """The condition selecting the row of this id; NoMatch when no row can have it."""
+        if entity_id is None:
+            raise NoMatch
+        if self.id_is_pk:
+            return self.table.c.pk == self.pk(entity_id)
+        return self.table.c.id == encode_ref(entity_id)
 
     def check_changes(self, changes: Mapping[str, Any]) -> None:
         """Raise ValueError for changes of unknown fields, or of the id."""
@@ -297,7 +323,7 @@ class EntityCodec(Generic[M]):
     def decode(self, row: Any) -> M:
         """The entity a row holds."""
         mapping = row._mapping
-        values: dict[str, Any] = {"id": mapping["id"]}
+        values: dict[str, Any] = {"id": str(mapping["pk"]) if self.id_is_pk else mapping["id"]}
         if self.has_user:
             values["user_id"] = decode_user(mapping["user_type"], mapping["user_id"])
         for field in self.fields.values():
@@ -313,9 +339,7 @@ class EntityCodec(Generic[M]):
         remaining: dict[str, Any] = {}
         for name, value in filters.items():
             if name == "id":
-                if value is None:
-                    raise NoMatch
-                conditions.append(self.table.c.id == encode_ref(value))
+                conditions.append(self.id_matches(value))
             elif name == "user_id" and self.has_user:
                 conditions.append(user_matches(self.table, value))
             elif name not in self.fields:

@@ -24,7 +24,9 @@ from sqlalchemy.engine import Connection, Row
 
 from usercredits.dao import (
     Account,
+    Appended,
     CustomerDao,
+    Draft,
     Filters,
     OfferDao,
     OrderDao,
@@ -48,6 +50,7 @@ from usercredits.models import (
 )
 from usercredits.windows import Window
 from usercredits_sql import schema
+from usercredits_sql.append import LockedAppend
 from usercredits_sql.codec import (
     EntityCodec,
     NoMatch,
@@ -94,11 +97,12 @@ class _SqlReader(Generic[E]):
         return [self._codec.decode(row) for row in rows]
 
     def find_by_id(self, entity_id: EntityId) -> E | None:
-        key = encode_ref(entity_id)
-        if key is None:
+        try:
+            condition = self._codec.id_matches(entity_id)
+        except NoMatch:
             return None
         with self._store.connect(f"reading {self._kind} {entity_id!r}") as connection:
-            row = connection.execute(sa.select(self._table).where(self._table.c.id == key)).first()
+            row = connection.execute(sa.select(self._table).where(condition)).first()
         return None if row is None else self._codec.decode(row)
 
     def _select(
@@ -468,10 +472,12 @@ class SqlTokenTimetableDao(_SqlReader[TokenTimetable], TokenTimetableDao):
         if offer_group is not None:
             conditions.append(table.c.offer_group == offer_group)
         if before is not None:
+            try:
+                pk = self._codec.pk(before)
+            except NoMatch:
+                return []
             mark = table.alias("mark")
-            cursor = sa.select(mark.c.pk).where(
-                mark.c.id == encode_ref(before), user_matches(mark, user_id)
-            )
+            cursor = sa.select(mark.c.pk).where(mark.c.pk == pk, user_matches(mark, user_id))
             conditions.append(table.c.pk < cursor.scalar_subquery())
         statement = sa.select(table).where(*conditions).order_by(table.c.pk.desc()).limit(limit)
         with self._store.connect(f"reading the history of user {user_id!r}") as connection:
@@ -512,8 +518,9 @@ class SqlUserCreditsDao(UserCreditsDao):
     """Users and their accounts: one row per user and per (user, group), created by inserts
     that do nothing when the row exists; snapshots and windows change by compare-and-set."""
 
-    def __init__(self, store: SqlStore):
+    def __init__(self, store: SqlStore, ledger: TokenTimetableDao):
         self._store = store
+        self._append_locked = LockedAppend(store, ledger)
 
     def _user_id(self, connection: Connection, user: tuple[str, str]) -> str | None:
         users = schema.users
@@ -640,6 +647,9 @@ class SqlUserCreditsDao(UserCreditsDao):
         key["account_snapshot"] = dumps(snapshot.to_data())
         with self._store.connect(f"saving the snapshot of {offer_group!r}") as connection:
             return bool(connection.execute(_SAVE_SNAPSHOT, key).rowcount)
+
+    def append_locked(self, user_id: UserId, offer_group: str, draft: Draft) -> Appended | None:
+        return self._append_locked(user_id, offer_group, draft)
 
     def save_window(
         self, user_id: UserId, offer_group: str, expected_version: int, window: Window

@@ -31,7 +31,7 @@ class SqlDaoFactory(DaoFactory):
         self._offers = SqlOfferDao(store)
         self._orders = SqlOrderDao(store)
         self._ledger = SqlTokenTimetableDao(store)
-        self._credits = SqlUserCreditsDao(store)
+        self._credits = SqlUserCreditsDao(store, self._ledger)
         self._customers = SqlCustomerDao(store)
         self._events = SqlWebhookEventDao(store)
 

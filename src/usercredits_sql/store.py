@@ -14,7 +14,7 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -112,11 +112,10 @@ def _refuse_inherited(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         raise sa.exc.DisconnectionError("connection opened in another process; reconnecting")
 
 
-def _is_unique_violation(error: sa.exc.IntegrityError) -> bool:
-    orig = error.orig
-    if getattr(orig, "sqlstate", None) == _UNIQUE_VIOLATION:
+def _is_unique_violation(driver_error: object) -> bool:
+    if getattr(driver_error, "sqlstate", None) == _UNIQUE_VIOLATION:
         return True
-    return getattr(orig, "sqlite_errorname", None) in _UNIQUE_SQLITE_ERRORS
+    return getattr(driver_error, "sqlite_errorname", None) in _UNIQUE_SQLITE_ERRORS
 
 
 class SqlStore:
@@ -135,6 +134,11 @@ class SqlStore:
         # every statement costs as much as running the statement. The pool is unbounded (see
         # create_engine), so that any number of threads keep one each; a thread's connection
         # goes back to the pool when the thread ends.
+        self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        self._begin = "BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN"
+        # psycopg pipelines statements when its libpq can (version 14 or later).
+        pipeline = getattr(engine.dialect.loaded_dbapi, "Pipeline", None)
+        self._pipelined = pipeline is not None and bool(pipeline.is_supported())
         self._local = threading.local()
         self._kept: weakref.WeakSet[_Kept] = weakref.WeakSet()
         self._kept_lock = threading.Lock()
@@ -148,12 +152,16 @@ class SqlStore:
             raise
         except sa.exc.IntegrityError as e:
             detail = getattr(e, "orig", None) or e
-            if _is_unique_violation(e):
+            if _is_unique_violation(detail):
                 raise DuplicateEntityError(f"{what}: {detail}") from e
             raise StorageError(f"{what}: {detail}") from e
         except sa.exc.SQLAlchemyError as e:
             detail = getattr(e, "orig", None) or e
             raise StorageError(f"{what} failed: {detail}") from e
+        except self._driver_error as e:
+            if _is_unique_violation(e):
+                raise DuplicateEntityError(f"{what}: {e}") from e
+            raise StorageError(f"{what} failed: {e}") from e
         except OverflowError as e:
             raise StorageError(f"{what}: an integer does not fit in 64 bits ({e})") from e
 
@@ -198,6 +206,42 @@ class SqlStore:
                     connection.exec_driver_sql("ROLLBACK")
                 raise
             connection.exec_driver_sql("COMMIT")
+
+    @contextlib.contextmanager
+    def driver_transaction(self, what: str) -> Iterator[Any]:
+        """The driver's connection (``sqlite3``, ``psycopg``) of the thread, in a transaction
+        committed when the block ends and rolled back when it raises; on SQLite it holds the
+        write lock from the start. Statements sent through it (:meth:`execute`) skip
+        SQLAlchemy's compilation and result processing: it serves the hottest path only
+        (:mod:`usercredits_sql.append`).
+
+        On PostgreSQL the statements are pipelined: each is sent at once and its result
+        awaited only when read, so ``BEGIN`` travels with the first statement and ``COMMIT``
+        with the last ones (results not read before the block ends are read after it). The
+        connection is dropped after any failure but a refusal (a UserCreditsError that is not
+        a StorageError), which only rolls back."""
+        with self._guard, self.errors(what):
+            connection = self._thread_connection()
+            driver = connection.connection.dbapi_connection
+            try:
+                with driver.pipeline() if self._pipelined else contextlib.nullcontext():  # type: ignore[union-attr]
+                    self.execute(driver, self._begin)
+                    try:
+                        yield driver
+                    except BaseException:
+                        self.execute(driver, "ROLLBACK")
+                        raise
+                    self.execute(driver, "COMMIT")
+            except BaseException as e:
+                if not isinstance(e, UserCreditsError) or isinstance(e, StorageError):
+                    self._drop(connection)
+                raise
+
+    @staticmethod
+    def execute(driver: Any, statement: str, parameters: Sequence[Any] = ()) -> Any:
+        """Send one statement on a driver's connection (of :meth:`driver_transaction`); the
+        cursor holding its result."""
+        return driver.execute(statement, parameters)
 
     def create_schema(self, metadata: sa.MetaData) -> None:
         """Create the tables and indexes that do not exist yet; concurrent calls (from

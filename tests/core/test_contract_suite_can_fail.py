@@ -10,12 +10,14 @@ from __future__ import annotations
 import bisect
 import copy
 import textwrap
+import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import pytest
 
+from usercredits.dao import Appended, Draft
 from usercredits.errors import DuplicateEntityError
 from usercredits.grants import Snapshot
 from usercredits.memory import (
@@ -82,6 +84,60 @@ class VersionBlindUserCreditsDao(InMemoryUserCreditsDao):
             return current is not None and super().save_window(
                 user_id, offer_group, current.window.version, window
             )
+
+
+def _create(ledger: InMemoryTokenTimetableDao, line: TokenTimetable) -> tuple[TokenTimetable, bool]:
+    """The line stored, or the line holding one of its keys; whether it was stored."""
+    try:
+        return ledger.create(line), True
+    except DuplicateEntityError:
+        holder = ledger.find_by_key(
+            line.user_id, idempotency_key=line.idempotency_key, operation_key=line.operation_key
+        )
+        if holder is None:
+            raise
+        return holder, False
+
+
+class UnlockedUserCreditsDao(InMemoryUserCreditsDao):
+    """Appends without holding the account: two appends may draft from one snapshot."""
+
+    def append_locked(self, user_id: UserId, offer_group: str, draft: Draft) -> Appended | None:
+        account = self.get_account(user_id, offer_group)
+        if account is None:
+            return None
+        snapshot = account.snapshot.apply_all(
+            self._ledger.lines_after(user_id, offer_group, account.snapshot.seq)
+        )
+        line = draft(snapshot)
+        if line is None:
+            return Appended(None, False, snapshot)
+        time.sleep(0.001)  # the moment another append can come in between
+        stored, created = _create(self._ledger, line)
+        if not created:
+            return Appended(stored, False, snapshot)
+        snapshot = snapshot.apply(stored)
+        self.save_snapshot(user_id, offer_group, snapshot)
+        return Appended(stored, True, snapshot)
+
+
+class FoldBlindUserCreditsDao(InMemoryUserCreditsDao):
+    """Drafts from the stored snapshot, blind to lines appended beyond it."""
+
+    def append_locked(self, user_id: UserId, offer_group: str, draft: Draft) -> Appended | None:
+        with self._lock:
+            account = self.get_account(user_id, offer_group)
+            if account is None:
+                return None
+            line = draft(account.snapshot)
+            if line is None:
+                return Appended(None, False, account.snapshot)
+            stored, created = _create(self._ledger, line)
+            if not created:
+                return Appended(stored, False, account.snapshot)
+            snapshot = account.snapshot.apply(stored)
+            self.save_snapshot(user_id, offer_group, snapshot)
+            return Appended(stored, True, snapshot)
 
 
 class RecreatingUserCreditsDao(InMemoryUserCreditsDao):
@@ -198,6 +254,14 @@ def version_blind_backend() -> InMemoryDaoFactory:
     return _backend_with(VersionBlindUserCreditsDao)
 
 
+def unlocked_backend() -> InMemoryDaoFactory:
+    return _backend_with(UnlockedUserCreditsDao)
+
+
+def fold_blind_backend() -> InMemoryDaoFactory:
+    return _backend_with(FoldBlindUserCreditsDao)
+
+
 def recreating_backend() -> InMemoryDaoFactory:
     return _backend_with(RecreatingUserCreditsDao)
 
@@ -282,6 +346,18 @@ def _run_contract(
                 "test_racing_save_windows_of_one_version_have_one_winner",
             },
             id="save_window-ignores-the-version",
+        ),
+        pytest.param(
+            "UserCreditsDaoContract",
+            unlocked_backend,
+            {"test_racing_locked_appends_take_every_number_once"},
+            id="append_locked-drafts-without-the-lock",
+        ),
+        pytest.param(
+            "UserCreditsDaoContract",
+            fold_blind_backend,
+            {"test_append_locked_folds_lines_appended_without_the_lock"},
+            id="append_locked-blind-to-newer-lines",
         ),
         pytest.param(
             "UserCreditsDaoContract",

@@ -100,14 +100,23 @@ class Hooked:
         self.before.setdefault(name, []).append(hook)
 
 
+class CompareAndSetCredits(Hooked):
+    """The user credits DAO without its locked append: every append takes the compare-and-set
+    path, whose interleavings these tests force."""
+
+    def append_locked(self, *args: Any) -> None:
+        return None
+
+
 class HookedDaoFactory(DaoFactory):
-    """The in-memory backend with hooks on the order, ledger and user credits DAOs."""
+    """The in-memory backend with hooks on the order, ledger and user credits DAOs, appending
+    by compare-and-set."""
 
     def __init__(self) -> None:
         self.inner = InMemoryDaoFactory()
         self.orders = Hooked(self.inner.get_order_dao())
         self.ledger = Hooked(self.inner.get_token_timetable_dao())
-        self.credits = Hooked(self.inner.get_user_credits_dao())
+        self.credits = CompareAndSetCredits(self.inner.get_user_credits_dao())
 
     def get_offer_dao(self) -> OfferDao:
         return self.inner.get_offer_dao()

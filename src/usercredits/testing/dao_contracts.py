@@ -24,7 +24,8 @@ from typing import Any, Generic, TypeVar
 
 import pytest
 
-from usercredits.dao import DaoFactory, Reader
+from usercredits.accounts import SNAPSHOT_LAG
+from usercredits.dao import DaoFactory, Reader, UserCreditsDao
 from usercredits.errors import DuplicateEntityError, EntityNotFoundError, InvalidOfferError
 from usercredits.grants import LiveGrant, Snapshot
 from usercredits.models import (
@@ -1797,6 +1798,168 @@ class UserCreditsDaoContract(BackendContract):
         expected = opened._replace(snapshot=_in_debt(1), window=widened)
         assert dao.get_account("alice", "pro") == expected
         assert [dao.get_account(a.user_id, a.offer_group) for a in others] == others
+
+    # -- append_locked, for backends that offer it ----------------------------------------
+
+    @staticmethod
+    def _locking(dao_factory: DaoFactory) -> UserCreditsDao:
+        """The DAO of a backend that appends under a lock; the test is skipped otherwise."""
+        dao = dao_factory.get_user_credits_dao()
+        dao.open_account("probe", "basic", T0)
+        if dao.append_locked("probe", "basic", lambda snapshot: None) is None:
+            pytest.skip("this backend appends by compare-and-set only")
+        return dao
+
+    def test_append_locked_to_an_absent_account_is_none_and_calls_nothing(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        dao = dao_factory.get_user_credits_dao()
+        seen: list[Snapshot] = []
+
+        def draft(snapshot: Snapshot) -> TokenTimetable:
+            seen.append(snapshot)
+            return _line(seq=snapshot.seq + 1)
+
+        assert dao.append_locked("alice", "basic", draft) is None
+        assert seen == []
+        assert dao.get_account("alice", "basic") is None
+        assert dao_factory.get_token_timetable_dao().find() == []
+
+    def test_append_locked_stores_each_line_after_the_snapshot_it_was_drafted_from(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        dao = self._locking(dao_factory)
+        ledger = dao_factory.get_token_timetable_dao()
+        dao.open_account("alice", "basic", T0)
+        seen: list[Snapshot] = []
+
+        def draft(snapshot: Snapshot) -> TokenTimetable:
+            seen.append(snapshot)
+            return _line(seq=snapshot.seq + 1, tokens=-2)
+
+        first = dao.append_locked("alice", "basic", draft)
+        second = dao.append_locked("alice", "basic", draft)
+        assert first is not None
+        assert second is not None
+        assert first.created
+        assert second.created
+        assert first.line is not None
+        assert second.line is not None
+        assert [s.seq for s in seen] == [0, 1]
+        assert seen[1] == first.snapshot == Snapshot(seq=1, debt=2)
+        assert second.snapshot == Snapshot(seq=2, debt=4)
+        stored = ledger.lines_after("alice", "basic", 0)
+        assert [(line.id, line.seq, line.tokens) for line in stored] == [
+            (first.line.id, 1, -2),
+            (second.line.id, 2, -2),
+        ]
+        assert ledger.find_by_id(second.line.id) == stored[1]
+
+    def test_append_locked_stores_nothing_for_a_refused_or_empty_draft(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        dao = self._locking(dao_factory)
+        ledger = dao_factory.get_token_timetable_dao()
+        dao.open_account("alice", "basic", T0)
+        done = dao.append_locked("alice", "basic", lambda s: _line(seq=s.seq + 1))
+        assert done is not None
+        assert done.created
+
+        def refuse(snapshot: Snapshot) -> TokenTimetable:
+            raise InvalidOfferError("refused")
+
+        with pytest.raises(InvalidOfferError):
+            dao.append_locked("alice", "basic", refuse)
+        nothing = dao.append_locked("alice", "basic", lambda s: None)
+        assert nothing is not None
+        assert (nothing.line, nothing.created, nothing.snapshot) == (None, False, done.snapshot)
+        assert [line.seq for line in ledger.lines_after("alice", "basic", 0)] == [1]
+        after = dao.append_locked("alice", "basic", lambda s: _line(seq=s.seq + 1))
+        assert after is not None
+        assert after.line is not None
+        assert after.line.seq == 2
+
+    def test_append_locked_answers_with_the_line_holding_the_drafts_key(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        dao = self._locking(dao_factory)
+        ledger = dao_factory.get_token_timetable_dao()
+        dao.open_account("alice", "basic", T0)
+        dao.open_account("alice", "pro", T0)
+
+        def keyed(group: str) -> Callable[[Snapshot], TokenTimetable]:
+            return lambda s: _line(seq=s.seq + 1, offer_group=group, idempotency_key="k")
+
+        first = dao.append_locked("alice", "basic", keyed("basic"))
+        again = dao.append_locked("alice", "pro", keyed("pro"))
+        assert first is not None
+        assert again is not None
+        assert first.created
+        assert not again.created
+        assert first.line is not None
+        assert again.line == ledger.find_by_id(first.line.id)
+        assert [line.offer_group for line in ledger.find({"user_id": "alice"})] == ["basic"]
+        account = dao.get_account("alice", "pro")
+        assert account is not None
+        assert account.snapshot == Snapshot()
+
+    def test_append_locked_folds_lines_appended_without_the_lock(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        dao = self._locking(dao_factory)
+        ledger = dao_factory.get_token_timetable_dao()
+        dao.open_account("alice", "basic", T0)
+        seen: list[int] = []
+
+        def draft(snapshot: Snapshot) -> TokenTimetable:
+            seen.append(snapshot.seq)
+            return _line(seq=snapshot.seq + 1)
+
+        for seq in (1, 2):
+            ledger.create(_line(seq=seq))
+        done = dao.append_locked("alice", "basic", draft)
+        assert done is not None
+        assert done.line is not None
+        assert (done.line.seq, done.snapshot) == (3, Snapshot(seq=3, debt=3))
+        ledger.create(_line(seq=4))
+        done = dao.append_locked("alice", "basic", draft)
+        assert done is not None
+        assert done.line is not None
+        assert (done.line.seq, done.snapshot) == (5, Snapshot(seq=5, debt=5))
+        assert seen[-1] == 4
+        assert [line.seq for line in ledger.lines_after("alice", "basic", 0)] == [1, 2, 3, 4, 5]
+
+    def test_append_locked_keeps_the_stored_snapshot_within_the_lag(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        dao = self._locking(dao_factory)
+        dao.open_account("alice", "basic", T0)
+        for total in range(1, 3 * SNAPSHOT_LAG + 1):
+            dao.append_locked("alice", "basic", lambda s: _line(seq=s.seq + 1))
+            account = dao.get_account("alice", "basic")
+            assert account is not None
+            assert total - SNAPSHOT_LAG < account.snapshot.seq <= total
+            assert account.snapshot == Snapshot(seq=account.snapshot.seq, debt=account.snapshot.seq)
+
+    def test_racing_locked_appends_take_every_number_once(self, dao_factory: DaoFactory) -> None:
+        dao = self._locking(dao_factory)
+        ledger = dao_factory.get_token_timetable_dao()
+        dao.open_account("alice", "basic", T0)
+
+        def append_all(worker: int) -> list[bool]:
+            done = []
+            for _ in range(ROUNDS):
+                appended = dao.append_locked("alice", "basic", lambda s: _line(seq=s.seq + 1))
+                done.append(appended is not None and appended.created)
+            return done
+
+        assert all(all(created) for created in _race(append_all))
+        total = WORKERS * ROUNDS
+        lines = ledger.lines_after("alice", "basic", 0)
+        assert [line.seq for line in lines] == list(range(1, total + 1))
+        last = dao.append_locked("alice", "basic", lambda s: None)
+        assert last is not None
+        assert last.snapshot == Snapshot(seq=total, debt=total)
 
 
 class CustomerDaoContract(_ReaderContract[Customer]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from usercredits.accounts import SNAPSHOT_LAG
 from usercredits.grants import replay
 from usercredits.models import AuditReport, GroupAudit, ReconcileReport, UserId
 from usercredits.usecases.checks import check_user
@@ -11,7 +12,9 @@ from usercredits.usecases.effects import complete, release_claims
 
 def reconcile(ctx: Context, user_id: UserId) -> ReconcileReport:
     """Complete every operation of the user left in progress, and bring each account's
-    snapshot up to its ledger; idempotent."""
+    snapshot up to its ledger; idempotent. A group is reported repaired when its snapshot
+    lagged further behind than appends leave it (:data:`~usercredits.accounts.SNAPSHOT_LAG`)
+    or when it held stale window claims."""
     check_user(user_id)
     report = ReconcileReport(user_id=user_id)
     for order in ctx.orders.find_in_progress(user_id):
@@ -19,7 +22,8 @@ def reconcile(ctx: Context, user_id: UserId) -> ReconcileReport:
         report.completed_orders.append(order.id)
     for account in ctx.credits.accounts(user_id):
         group = account.offer_group
-        behind = ctx.accounts.catch_up(account).snapshot.seq != account.snapshot.seq
+        lag = ctx.accounts.catch_up(account, store=True).snapshot.seq - account.snapshot.seq
+        behind = lag >= SNAPSHOT_LAG
         stale = [c.key for c in account.window.claims if not _claimed_in_progress(ctx, c.key)]
         if stale:
             release_claims(ctx, user_id, group, stale, ctx.now())
