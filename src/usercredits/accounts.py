@@ -167,6 +167,24 @@ class Accounts:
             f"{ATTEMPTS} attempts lost to concurrent writers"
         )
 
+    def append_consumption(
+        self,
+        user_id: UserId,
+        offer_group: str,
+        line: TokenTimetable,
+        *,
+        floor: int | None,
+        now: datetime,
+    ) -> TokenTimetable | None:
+        """Append a consumption the backend can check by itself (see :meth:`UserCreditsDao.
+        append_consumption`): its next number under the account's lock, refused unless the
+        account holds nothing on hold and keeps ``floor``. The decision is the one
+        :meth:`append` would take from the snapshot of the line before, whose balance the
+        backend keeps. The line stored, or the line holding its idempotency key, or None:
+        nothing stored, append it the general way."""
+        line.user_id, line.offer_group, line.created_at = user_id, offer_group, now
+        return self._credits.append_consumption(user_id, offer_group, line, floor)
+
     def change_window(
         self,
         user_id: UserId,

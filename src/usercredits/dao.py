@@ -265,6 +265,19 @@ class UserCreditsDao(abc.ABC):
         nothing is stored."""
         return None
 
+    def append_consumption(
+        self, user_id: UserId, offer_group: str, line: TokenTimetable, floor: int | None
+    ) -> TokenTimetable | None:
+        """Optional: append a consumption line (complete but for its ``seq``) as the account's
+        next line in one atomic write, when the backend can tell by itself that it is
+        allowed: the account holds no tokens on hold and, with ``floor``, its balance minus
+        the line's tokens stays at ``floor`` or above. The line stored (numbered), or the
+        line of the user holding its idempotency key (nothing stored), or None, storing
+        nothing, whenever the backend does not tell (it does not offer this, the account is
+        absent or holds tokens, the floor would be crossed...): the caller then appends by
+        the general rule, which decides exactly."""
+        return None
+
 
 class CustomerDao(Reader[Customer]):
     """Customers of payment processors: at most one per (``processor``, ``user_id``) and one
@@ -331,7 +344,14 @@ WRITES: Mapping[type, frozenset[str]] = {
     OrderDao: frozenset({"create", "transition"}),
     TokenTimetableDao: frozenset({"create"}),
     UserCreditsDao: frozenset(
-        {"register", "open_account", "save_snapshot", "save_window", "append_locked"}
+        {
+            "register",
+            "open_account",
+            "save_snapshot",
+            "save_window",
+            "append_locked",
+            "append_consumption",
+        }
     ),
     CustomerDao: frozenset({"create"}),
     WebhookEventDao: frozenset({"create", "finish"}),

@@ -550,6 +550,18 @@ class InMemoryUserCreditsDao(UserCreditsDao):
             self.save_snapshot(user_id, offer_group, snapshot)
             return Appended(stored, True, snapshot)
 
+    def append_consumption(
+        self, user_id: UserId, offer_group: str, line: TokenTimetable, floor: int | None
+    ) -> TokenTimetable | None:
+        def allowed(snapshot: Snapshot) -> TokenTimetable | None:
+            if snapshot.holds or (floor is not None and snapshot.balance + line.tokens < floor):
+                return None
+            line.seq = snapshot.seq + 1
+            return line
+
+        appended = self.append_locked(user_id, offer_group, allowed)
+        return None if appended is None else appended.line
+
     def save_window(
         self, user_id: UserId, offer_group: str, expected_version: int, window: Window
     ) -> bool:

@@ -1,33 +1,40 @@
-"""The locked append: an account's next ledger line in one transaction holding the account.
+"""Appending to an account: every balance change of the SQL backend.
 
-Every consumption, grant, hold, expiry and refund appends a line to an account
-(:mod:`usercredits.accounts`). On SQL the append is one transaction that first locks the
-account (``SELECT … FOR UPDATE`` of its row on PostgreSQL; ``BEGIN IMMEDIATE`` takes the
-database's write lock on SQLite) and reads, in the same statement, the number of its latest
-line. The decision is therefore taken on the exact state the line follows, and no race is
-ever lost.
+Every consumption, grant, hold, expiry and refund appends the account's next ledger line
+(:mod:`usercredits.accounts`). On SQL the append is one transaction that holds the account:
+``SELECT … FOR UPDATE`` of its row on PostgreSQL, ``BEGIN IMMEDIATE`` (the database's write
+lock) on SQLite. The decision is taken on the exact state the line follows, and no race is
+ever lost (:meth:`Appending.locked`): the snapshot, as this process last folded it
+(:class:`SnapshotCache`) or as stored, with the newer lines folded in, is handed to the
+core's decision. The stored snapshot is brought up to the ledger every
+:data:`~usercredits.accounts.SNAPSHOT_LAG` lines.
 
-The ledger's unique indexes still number and key the line: ``INSERT … ON CONFLICT DO
-NOTHING`` stores nothing when a line of the user holds the draft's key (that line is the
-answer) or when the number is taken, which only a writer without the lock can cause (the
-compare-and-set path of :mod:`usercredits.accounts`): the newer lines are folded in and the
-draft made again, still under the lock.
+PostgreSQL serves several processes at once, and a lock held across a round trip to the
+application makes them queue. There the account's row also keeps, at every append, the
+number of the latest line (``last_seq``), the balance after it and how many holds it
+leaves, so that the database checks a consumption by itself (:meth:`Appending.consumption`):
+on an account without holds, a consumption that keeps the floor takes the next number, its
+line is inserted and the row moved on, in one statement that holds the row only while it
+runs. The snapshot then follows by compare-and-set, every ``SNAPSHOT_LAG / 2`` lines, off
+the lock. SQLite has one writer at a time in process, without round trips: it appends every
+line by the general path, reads the latest line number from the ledger, and writes the
+account's row only with the snapshot.
 
-The stored snapshot is brought up to the ledger every
-:data:`~usercredits.accounts.SNAPSHOT_LAG` lines rather than at every line, and each process
-keeps the snapshots it last folded (:class:`SnapshotCache`). A snapshot is a fold of lines
-that never change: a kept one is never wrong, only possibly old, and the latest line number
-read under the lock says which lines to fold in.
+The ledger's unique indexes still number and key every line: ``INSERT … ON CONFLICT DO
+NOTHING`` stores nothing when a line of the user holds the line's key (that line is the
+answer) or when its number is taken, which only a writer without the lock can cause (the
+compare-and-set path of :mod:`usercredits.accounts`): the newer lines are then folded in and
+the line decided again, still under the lock.
 
 These statements are the hottest of the backend: they go to the driver directly
 (:meth:`usercredits_sql.store.SqlStore.driver_transaction`), written once per dialect. The
-rare read of the line holding a key goes through the ledger DAO, on the same connection,
-inside the same transaction.
+rare read of the line holding a key goes through the ledger DAO.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -41,9 +48,11 @@ from usercredits_sql import schema
 from usercredits_sql.codec import dumps, encode_user, int64, line_codec
 from usercredits_sql.store import SqlStore
 
+logger = logging.getLogger("usercredits")
+
 ATTEMPTS = 100
-"""How many drafts one locked append makes at most, each after finding its number taken
-(only writers without the lock can take it)."""
+"""How many drafts one append makes at most, each after finding its number taken (only
+writers without the lock can take it)."""
 
 CACHED_ACCOUNTS = 10_000
 """How many accounts' snapshots a process keeps (the oldest entries are dropped first)."""
@@ -51,9 +60,13 @@ CACHED_ACCOUNTS = 10_000
 AccountKey = tuple[str, str, str]
 """An account as the statements match it: the user's type tag and text, and the group."""
 
+_ACCOUNT = ("user_type", "user_id", "offer_group")
+
 
 class SnapshotCache:
-    """The snapshots a process last folded, by account; bounded, shared by threads."""
+    """The snapshots a process last folded, by account; bounded, shared by threads. A
+    snapshot is a fold of lines that never change: a kept one is never wrong, only
+    possibly old, and the latest line number read under the lock says which lines follow."""
 
     def __init__(self, size: int = CACHED_ACCOUNTS):
         self._size = size
@@ -87,8 +100,8 @@ class _Refused(NamedTuple):
     snapshot: Snapshot
 
 
-class LockedAppend:
-    """Appends to the accounts of one store under the account's lock."""
+class Appending:
+    """The appends to the accounts of one store."""
 
     def __init__(self, store: SqlStore, ledger: TokenTimetableDao):
         self._store = store
@@ -96,15 +109,13 @@ class LockedAppend:
         self._cache = SnapshotCache()
         self._codec = line_codec()
         dialect = store.engine.dialect
+        # PostgreSQL draws the line's pk with the lock, so that a snapshot naming the line's
+        # grant or hold is stored by the statement inserting the line; sqlite3 tells the pk
+        # of the row it inserted (lastrowid).
+        self._numbered = store.dialect == "postgresql"
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
         accounts, lines = schema.accounts.name, schema.ledger.name
-        names = ("user_type", "user_id", "offer_group")
-        account = " AND ".join(f"{name} = {mark}" for name in names)
-        same = " AND ".join(f"l.{name} = a.{name}" for name in names)
-        self._update = (
-            f"UPDATE {accounts} SET seq = {mark}, snapshot_json = {mark} "
-            f"WHERE {account} AND seq < {mark}"
-        )
+        account = " AND ".join(f"{name} = {mark}" for name in _ACCOUNT)
         self._encoders: list[tuple[str, Callable[[Any], Any]]] = [
             (
                 c.name,
@@ -117,39 +128,7 @@ class LockedAppend:
             if c.name not in ("pk", "user_type", "user_id")
         ]
         columns = ["user_type", "user_id", *(name for name, _ in self._encoders)]
-        # PostgreSQL serves writers from several processes at once: the row lock is held
-        # from the first statement to COMMIT, and a statement that waited for it reads the
-        # row as its holder left it. Every append there stores the snapshot, so the locked
-        # row tells the latest line; the line's pk is drawn in the same statement, so that
-        # the snapshot naming the line's grant or hold is stored by the statement inserting
-        # it. SQLite has one writer at a time: it reads the latest line number besides the
-        # snapshot, stores the snapshot every SNAPSHOT_LAG lines, and tells the pk of the
-        # row it inserted (lastrowid).
-        self._numbered = store.dialect == "postgresql"
-        self._lag = 1 if self._numbered else SNAPSHOT_LAG
-        where = " AND ".join(f"a.{name} = {mark}" for name in names)
-        latest = f"(SELECT max(l.seq) FROM {lines} l WHERE {same})"
-        if self._numbered:
-            pk = f"nextval(pg_get_serial_sequence('{lines}', 'pk'))"
-            self._select = (
-                f"SELECT a.seq, a.snapshot_json, a.seq, {pk} FROM {accounts} a "
-                f"WHERE {where} FOR UPDATE"
-            )
-        else:
-            self._select = (
-                f"SELECT a.seq, a.snapshot_json, {latest} FROM {accounts} a WHERE {where}"
-            )
-        if self._numbered:
-            columns.insert(0, "pk")
-        values = ", ".join(mark for _ in columns)
-        self._insert = (
-            f"INSERT INTO {lines} ({', '.join(columns)}) VALUES ({values}) ON CONFLICT DO NOTHING"
-        )
-        self._insert_numbered = f"{self._insert} RETURNING pk"
-        self._insert_saving = (
-            f"WITH line AS ({self._insert_numbered}), "
-            f"saved AS ({self._update} AND EXISTS (SELECT 1 FROM line)) SELECT pk FROM line"
-        )
+        self._seq_at = columns.index("seq")
         self._decoders = [
             (c.name, c.type.dialect_impl(dialect).result_processor(dialect, None))
             for c in schema.ledger.c
@@ -158,8 +137,115 @@ class LockedAppend:
         self._newer = (
             f"SELECT {selected} FROM {lines} WHERE {account} AND seq > {mark} ORDER BY seq"
         )
+        kept = f"last_seq = {mark}, balance = {mark}, holds = {mark}"
+        saved = f"{kept}, seq = {mark}, snapshot_json = {mark}"
 
-    def __call__(self, user_id: UserId, offer_group: str, draft: Draft) -> Appended | None:
+        def insert(names: list[str]) -> str:
+            return (
+                f"INSERT INTO {lines} ({', '.join(names)}) "
+                f"VALUES ({', '.join(mark for _ in names)}) ON CONFLICT DO NOTHING"
+            )
+
+        self._catch_up_select = (
+            f"SELECT seq, snapshot_json, last_seq FROM {accounts} WHERE {account}"
+        )
+        self._catch_up_save = (
+            f"UPDATE {accounts} SET seq = {mark}, snapshot_json = {mark} "
+            f"WHERE {account} AND seq < {mark}"
+        )
+        if self._numbered:
+            self._select = (
+                f"SELECT seq, snapshot_json, last_seq, "
+                f"nextval(pg_get_serial_sequence('{lines}', 'pk')) "
+                f"FROM {accounts} WHERE {account} FOR UPDATE"
+            )
+            self._insert_kept, self._insert_saved = (
+                f"WITH line AS ({insert(['pk', *columns])} RETURNING pk), "
+                f"kept AS (UPDATE {accounts} SET {update} WHERE {account} "
+                f"AND EXISTS (SELECT 1 FROM line)) SELECT pk FROM line"
+                for update in (kept, saved)
+            )
+            # The checks the database makes; past a long lag (a snapshot not caught up, after
+            # a crash), the general path folds the lines and stores the snapshot.
+            checks = f"holds = 0 AND last_seq - seq < {4 * SNAPSHOT_LAG}"
+            values = [mark] * len(columns)
+            values[self._seq_at] = "last_seq + 1"
+            self._consume, self._consume_above = (
+                f"WITH account AS (SELECT last_seq, seq FROM {accounts} "
+                f"WHERE {account} AND {checks}{extra} FOR UPDATE), "
+                f"line AS (INSERT INTO {lines} ({', '.join(columns)}) "
+                f"SELECT {', '.join(values)} FROM account ON CONFLICT DO NOTHING "
+                f"RETURNING pk, seq), "
+                f"moved AS (UPDATE {accounts} SET last_seq = line.seq, "
+                f"balance = balance + {mark} FROM line WHERE {account}) "
+                f"SELECT line.pk, line.seq, account.seq FROM line, account"
+                for extra in ("", f" AND balance + {mark} >= {mark}")
+            )
+        else:
+            same = " AND ".join(f"l.{name} = a.{name}" for name in _ACCOUNT)
+            where = " AND ".join(f"a.{name} = {mark}" for name in _ACCOUNT)
+            self._select = (
+                f"SELECT a.seq, a.snapshot_json, (SELECT max(l.seq) FROM {lines} l "
+                f"WHERE {same}) FROM {accounts} a WHERE {where}"
+            )
+            self._insert = insert(columns)
+            self._update_saved = f"UPDATE {accounts} SET {saved} WHERE {account}"
+
+    # -- a consumption the database checks ------------------------------------------------
+
+    def consumption(
+        self, user_id: UserId, offer_group: str, line: TokenTimetable, floor: int | None
+    ) -> TokenTimetable | None:
+        """See :meth:`usercredits.dao.UserCreditsDao.append_consumption`; a line of the user
+        holding the consumption's key is answered instead of None. PostgreSQL only: None on
+        SQLite, whose general path is the shorter one."""
+        if not self._numbered:
+            return None
+        key: AccountKey = (*encode_user(user_id), offer_group)
+        parameters = self._parameters(key, line)
+        del parameters[self._seq_at]
+        tokens = int64(line.tokens, "tokens")
+        above = () if floor is None else (tokens, int64(floor, "floor"))
+        statement = self._consume if floor is None else self._consume_above
+        with self._store.driver_connection("recording a consumption") as driver:
+            found = self._store.execute(
+                driver, statement, [*key, *above, *parameters, tokens, *key]
+            ).fetchone()
+        if found is None:
+            return self._holder(line)
+        pk, seq, stored = found
+        line.seq, line.id = seq, str(pk)
+        lag = seq - stored
+        if lag and lag % (SNAPSHOT_LAG // 2) == 0:
+            self._catch_up(key)
+        return line
+
+    def _catch_up(self, key: AccountKey) -> None:
+        """Store the account's snapshot with the lines beyond it folded in: a cache written
+        by compare-and-set, without the lock, so that consumptions the database checked
+        keep finding the snapshot close enough. Failing to store it loses nothing."""
+        execute = self._store.execute
+        try:
+            with self._store.driver_connection("storing a snapshot") as driver:
+                row = execute(driver, self._catch_up_select, key).fetchone()
+                stored = row[0]
+                snapshot = self._cache.get(key)
+                if snapshot is None or not stored <= snapshot.seq <= row[2]:
+                    snapshot = Snapshot.from_data(json.loads(row[1]))
+                snapshot = snapshot.apply_all(self._lines_after(driver, key, snapshot.seq))
+                if snapshot.seq > stored:
+                    seq = int64(snapshot.seq, "seq")
+                    execute(
+                        driver, self._catch_up_save, (seq, dumps(snapshot.to_data()), *key, seq)
+                    )
+        except StorageError:
+            logger.warning("could not store the snapshot of account %r", key, exc_info=True)
+            return
+        self._cache.put(key, snapshot)
+
+    # -- any line, decided on the snapshot ---------------------------------------------------
+
+    def locked(self, user_id: UserId, offer_group: str, draft: Draft) -> Appended | None:
         """See :meth:`usercredits.dao.UserCreditsDao.append_locked`."""
         key: AccountKey = (*encode_user(user_id), offer_group)
         behind = False
@@ -197,20 +283,16 @@ class LockedAppend:
                 return Appended(None, False, snapshot)
             if line.seq != snapshot.seq + 1:
                 raise StorageError(f"line {line.seq} drafted after line {snapshot.seq}")
-            parameters: list[Any] = [key[0], key[1]]
-            for name, encode in self._encoders:
-                value = getattr(line, name)
-                parameters.append(None if value is None else encode(value))
-            save = line.seq - stored >= self._lag
+            parameters = self._parameters(key, line)
+            save = line.seq - stored >= SNAPSHOT_LAG
             if self._numbered:
                 line.id = str(row[3])
                 after = snapshot.apply(line)
-                if save:
-                    seq = int64(after.seq, "seq")
-                    parameters += [seq, dumps(after.to_data()), *key, seq]
-                statement = self._insert_saving if save else self._insert_numbered
+                statement = self._insert_saved if save else self._insert_kept
                 # Its answer is read once the block has sent COMMIT along with it.
-                inserted = execute(driver, statement, [row[3], *parameters])
+                inserted = execute(
+                    driver, statement, [row[3], *parameters, *self._kept(after, save), *key]
+                )
             else:
                 inserted = execute(driver, self._insert, parameters)
                 if inserted.rowcount != 1:
@@ -218,8 +300,7 @@ class LockedAppend:
                 line.id = str(inserted.lastrowid)
                 after = snapshot.apply(line)
                 if save:
-                    seq = int64(after.seq, "seq")
-                    execute(driver, self._update, (seq, dumps(after.to_data()), *key, seq))
+                    execute(driver, self._update_saved, (*self._kept(after, save), *key))
         if self._numbered and inserted.fetchone() is None:
             line.id = None
             return _Refused(line, snapshot)
@@ -227,8 +308,24 @@ class LockedAppend:
         self._cache.put(key, after)
         return Appended(line, True, after)
 
-    def _lines_after(self, cursor: Any, key: AccountKey, seq: int) -> list[TokenTimetable]:
-        rows = self._store.execute(cursor, self._newer, (*key, seq)).fetchall()
+    @staticmethod
+    def _kept(after: Snapshot, save: bool) -> tuple[Any, ...]:
+        """What the account's row keeps after a line: its number, the balance and how many
+        holds are left; with ``save``, the snapshot too."""
+        seq = int64(after.seq, "seq")
+        kept = (seq, int64(after.balance, "balance"), len(after.holds))
+        return (*kept, seq, dumps(after.to_data())) if save else kept
+
+    def _parameters(self, key: AccountKey, line: TokenTimetable) -> list[Any]:
+        """The values of the line's columns, in the order of the statements."""
+        parameters: list[Any] = [key[0], key[1]]
+        for name, encode in self._encoders:
+            value = getattr(line, name)
+            parameters.append(None if value is None else encode(value))
+        return parameters
+
+    def _lines_after(self, driver: Any, key: AccountKey, seq: int) -> list[TokenTimetable]:
+        rows = self._store.execute(driver, self._newer, (*key, seq)).fetchall()
         decoders = self._decoders
         return [
             self._codec.decode(

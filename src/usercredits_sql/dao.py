@@ -50,7 +50,7 @@ from usercredits.models import (
 )
 from usercredits.windows import Window
 from usercredits_sql import schema
-from usercredits_sql.append import LockedAppend
+from usercredits_sql.append import Appending
 from usercredits_sql.codec import (
     EntityCodec,
     NoMatch,
@@ -520,7 +520,7 @@ class SqlUserCreditsDao(UserCreditsDao):
 
     def __init__(self, store: SqlStore, ledger: TokenTimetableDao):
         self._store = store
-        self._append_locked = LockedAppend(store, ledger)
+        self._append = Appending(store, ledger)
 
     def _user_id(self, connection: Connection, user: tuple[str, str]) -> str | None:
         users = schema.users
@@ -608,6 +608,9 @@ class SqlUserCreditsDao(UserCreditsDao):
                 created_at=now,
                 seq=0,
                 snapshot_json=dumps(Snapshot().to_data()),
+                last_seq=0,
+                balance=0,
+                holds=0,
                 window_version=window.version,
                 window_json=dumps(window.to_data()),
             )
@@ -649,7 +652,12 @@ class SqlUserCreditsDao(UserCreditsDao):
             return bool(connection.execute(_SAVE_SNAPSHOT, key).rowcount)
 
     def append_locked(self, user_id: UserId, offer_group: str, draft: Draft) -> Appended | None:
-        return self._append_locked(user_id, offer_group, draft)
+        return self._append.locked(user_id, offer_group, draft)
+
+    def append_consumption(
+        self, user_id: UserId, offer_group: str, line: TokenTimetable, floor: int | None
+    ) -> TokenTimetable | None:
+        return self._append.consumption(user_id, offer_group, line, floor)
 
     def save_window(
         self, user_id: UserId, offer_group: str, expected_version: int, window: Window

@@ -277,6 +277,9 @@ accounts = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("snapshot_json", sa.Text, nullable=False),
+    sa.Column("last_seq", sa.BigInteger, nullable=False),
+    sa.Column("balance", sa.BigInteger, nullable=False),
+    sa.Column("holds", sa.Integer, nullable=False),
     sa.Column("window_version", sa.BigInteger, nullable=False),
     sa.Column("window_json", sa.Text, nullable=False),
     sa.UniqueConstraint("user_type", "user_id", "offer_group"),
@@ -284,7 +287,9 @@ accounts = sa.Table(
 )
 """One row per (user, offer group): the snapshot (the fold of the account's ledger lines up
 to ``seq``) and the validity window (at ``window_version``), each changed by
-compare-and-set on its integer column."""
+compare-and-set on its integer column; and, kept by every append, the number of the latest
+line (``last_seq``), the balance after it and how many holds it leaves, with which the
+database checks a consumption by itself (:mod:`usercredits_sql.append`)."""
 
 customers = sa.Table(
     "usercredits_customers",

@@ -208,34 +208,40 @@ class SqlStore:
             connection.exec_driver_sql("COMMIT")
 
     @contextlib.contextmanager
-    def driver_transaction(self, what: str) -> Iterator[Any]:
-        """The driver's connection (``sqlite3``, ``psycopg``) of the thread, in a transaction
-        committed when the block ends and rolled back when it raises; on SQLite it holds the
-        write lock from the start. Statements sent through it (:meth:`execute`) skip
-        SQLAlchemy's compilation and result processing: it serves the hottest path only
-        (:mod:`usercredits_sql.append`).
-
-        On PostgreSQL the statements are pipelined: each is sent at once and its result
-        awaited only when read, so ``BEGIN`` travels with the first statement and ``COMMIT``
-        with the last ones (results not read before the block ends are read after it). The
-        connection is dropped after any failure but a refusal (a UserCreditsError that is not
-        a StorageError), which only rolls back."""
+    def driver_connection(self, what: str) -> Iterator[Any]:
+        """The driver's connection (``sqlite3``, ``psycopg``) of the thread, in autocommit
+        mode. Statements sent through it (:meth:`execute`) skip SQLAlchemy's compilation and
+        result processing: it serves the hottest paths only (:mod:`usercredits_sql.append`).
+        The connection is dropped after any failure but a refusal (a UserCreditsError that
+        is not a StorageError)."""
         with self._guard, self.errors(what):
             connection = self._thread_connection()
-            driver = connection.connection.dbapi_connection
             try:
-                with driver.pipeline() if self._pipelined else contextlib.nullcontext():  # type: ignore[union-attr]
-                    self.execute(driver, self._begin)
-                    try:
-                        yield driver
-                    except BaseException:
-                        self.execute(driver, "ROLLBACK")
-                        raise
-                    self.execute(driver, "COMMIT")
+                yield connection.connection.dbapi_connection
             except BaseException as e:
                 if not isinstance(e, UserCreditsError) or isinstance(e, StorageError):
                     self._drop(connection)
                 raise
+
+    @contextlib.contextmanager
+    def driver_transaction(self, what: str) -> Iterator[Any]:
+        """The driver's connection (:meth:`driver_connection`) in a transaction committed
+        when the block ends and rolled back when it raises; on SQLite it holds the write lock
+        from the start. On PostgreSQL the statements are pipelined: each is sent at once and
+        its result awaited only when read, so ``BEGIN`` travels with the first statement and
+        ``COMMIT`` with the last ones (results not read before the block ends are read
+        after it)."""
+        with (
+            self.driver_connection(what) as driver,
+            driver.pipeline() if self._pipelined else contextlib.nullcontext(),
+        ):
+            self.execute(driver, self._begin)
+            try:
+                yield driver
+            except BaseException:
+                self.execute(driver, "ROLLBACK")
+                raise
+            self.execute(driver, "COMMIT")
 
     @staticmethod
     def execute(driver: Any, statement: str, parameters: Sequence[Any] = ()) -> Any:

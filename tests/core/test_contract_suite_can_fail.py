@@ -140,6 +140,15 @@ class FoldBlindUserCreditsDao(InMemoryUserCreditsDao):
             return Appended(stored, True, snapshot)
 
 
+class FloorBlindUserCreditsDao(InMemoryUserCreditsDao):
+    """Checks consumptions itself but forgets the floor."""
+
+    def append_consumption(
+        self, user_id: UserId, offer_group: str, line: TokenTimetable, floor: int | None
+    ) -> TokenTimetable | None:
+        return super().append_consumption(user_id, offer_group, line, None)
+
+
 class RecreatingUserCreditsDao(InMemoryUserCreditsDao):
     """Gives a user a new record at each registration."""
 
@@ -262,6 +271,10 @@ def fold_blind_backend() -> InMemoryDaoFactory:
     return _backend_with(FoldBlindUserCreditsDao)
 
 
+def floor_blind_backend() -> InMemoryDaoFactory:
+    return _backend_with(FloorBlindUserCreditsDao)
+
+
 def recreating_backend() -> InMemoryDaoFactory:
     return _backend_with(RecreatingUserCreditsDao)
 
@@ -350,7 +363,11 @@ def _run_contract(
         pytest.param(
             "UserCreditsDaoContract",
             unlocked_backend,
-            {"test_racing_locked_appends_take_every_number_once"},
+            {
+                "test_racing_locked_appends_take_every_number_once",
+                # The in-memory backend checks a consumption by its locked append.
+                "test_racing_consumptions_checked_by_the_backend_never_cross_the_floor",
+            },
             id="append_locked-drafts-without-the-lock",
         ),
         pytest.param(
@@ -358,6 +375,15 @@ def _run_contract(
             fold_blind_backend,
             {"test_append_locked_folds_lines_appended_without_the_lock"},
             id="append_locked-blind-to-newer-lines",
+        ),
+        pytest.param(
+            "UserCreditsDaoContract",
+            floor_blind_backend,
+            {
+                "test_append_consumption_numbers_a_consumption_that_keeps_the_floor",
+                "test_racing_consumptions_checked_by_the_backend_never_cross_the_floor",
+            },
+            id="append_consumption-crosses-the-floor",
         ),
         pytest.param(
             "UserCreditsDaoContract",

@@ -70,6 +70,11 @@ class CompareAndSetUserCreditsDao(InMemoryUserCreditsDao):
     def append_locked(self, user_id: UserId, offer_group: str, draft: Draft) -> Appended | None:
         return None
 
+    def append_consumption(
+        self, user_id: UserId, offer_group: str, line: TokenTimetable, floor: int | None
+    ) -> TokenTimetable | None:
+        return None
+
 
 def _compare_and_set_backend() -> InMemoryDaoFactory:
     factory = InMemoryDaoFactory()

@@ -101,10 +101,13 @@ class Hooked:
 
 
 class CompareAndSetCredits(Hooked):
-    """The user credits DAO without its locked append: every append takes the compare-and-set
+    """The user credits DAO without its locked appends: every append takes the compare-and-set
     path, whose interleavings these tests force."""
 
     def append_locked(self, *args: Any) -> None:
+        return None
+
+    def append_consumption(self, *args: Any) -> None:
         return None
 
 

@@ -1941,6 +1941,76 @@ class UserCreditsDaoContract(BackendContract):
             assert total - SNAPSHOT_LAG < account.snapshot.seq <= total
             assert account.snapshot == Snapshot(seq=account.snapshot.seq, debt=account.snapshot.seq)
 
+    @staticmethod
+    def _checking(dao_factory: DaoFactory) -> UserCreditsDao:
+        """The DAO of a backend that checks consumptions itself; the test is skipped
+        otherwise. Alice's account "basic" holds 5 tokens (line 1)."""
+        dao = dao_factory.get_user_credits_dao()
+        dao.open_account("alice", "basic", T0)
+        funded = dao.append_locked("alice", "basic", lambda s: _line(seq=s.seq + 1, tokens=5))
+        if funded is None:
+            pytest.skip("this backend appends by compare-and-set only")
+        dao.open_account("probe", "basic", T0)
+        if dao.append_consumption("probe", "basic", _line("probe", seq=0), None) is None:
+            pytest.skip("this backend does not check consumptions itself")
+        return dao
+
+    def test_append_consumption_numbers_a_consumption_that_keeps_the_floor(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        dao = self._checking(dao_factory)
+        ledger = dao_factory.get_token_timetable_dao()
+        first = dao.append_consumption("alice", "basic", _line(seq=0, tokens=-3), 0)
+        assert first is not None
+        assert first.seq == 2
+        assert dao.append_consumption("alice", "basic", _line(seq=0, tokens=-3), 0) is None
+        below = dao.append_consumption("alice", "basic", _line(seq=0, tokens=-3), -1)
+        assert below is not None
+        assert below.seq == 3
+        unbounded = dao.append_consumption("alice", "basic", _line(seq=0, tokens=-9), None)
+        assert unbounded is not None
+        stored = ledger.lines_after("alice", "basic", 0)
+        assert [(line.seq, line.tokens) for line in stored] == [(1, 5), (2, -3), (3, -3), (4, -9)]
+        assert ledger.find_by_id(first.id) == stored[1]
+        last = dao.append_locked("alice", "basic", lambda s: None)
+        assert last is not None
+        assert last.snapshot.balance == -10
+
+    def test_append_consumption_of_an_absent_account_stores_nothing(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        dao = self._checking(dao_factory)
+        assert dao.append_consumption("bob", "basic", _line("bob", seq=0), None) is None
+        assert dao.get_account("bob", "basic") is None
+        assert dao_factory.get_token_timetable_dao().find({"user_id": "bob"}) == []
+
+    def test_append_consumption_answers_with_the_line_holding_its_key(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        dao = self._checking(dao_factory)
+        first = dao.append_consumption("alice", "basic", _line(seq=0, idempotency_key="k"), 0)
+        again = dao.append_consumption("alice", "basic", _line(seq=0, idempotency_key="k"), 0)
+        assert first is not None
+        assert again == first
+        assert len(dao_factory.get_token_timetable_dao().lines_after("alice", "basic", 0)) == 2
+
+    def test_racing_consumptions_checked_by_the_backend_never_cross_the_floor(
+        self, dao_factory: DaoFactory
+    ) -> None:
+        dao = self._checking(dao_factory)
+
+        def consume(worker: int) -> list[bool]:
+            return [
+                dao.append_consumption("alice", "basic", _line(seq=0), 0) is not None
+                for _ in range(ROUNDS)
+            ]
+
+        taken = sum(sum(done) for done in _race(consume))
+        assert taken == 5
+        lines = dao_factory.get_token_timetable_dao().lines_after("alice", "basic", 0)
+        assert [line.seq for line in lines] == list(range(1, 7))
+        assert sum(line.tokens for line in lines) == 0
+
     def test_racing_locked_appends_take_every_number_once(self, dao_factory: DaoFactory) -> None:
         dao = self._locking(dao_factory)
         ledger = dao_factory.get_token_timetable_dao()

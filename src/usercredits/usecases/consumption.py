@@ -55,6 +55,10 @@ def consume(
     )
 
     now = ctx.now()
+    checked = ctx.accounts.append_consumption(user_id, offer_group, draft, floor=floor, now=now)
+    if checked is not None:
+        # The line stored, or the first line of the idempotency key.
+        return _same(checked, offer_group, count)
 
     def decide(snapshot: Snapshot) -> TokenTimetable:
         if floor is not None:
