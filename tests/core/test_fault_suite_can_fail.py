@@ -13,14 +13,10 @@ from typing import Any
 
 import pytest
 
-from usercredits.dao import Appended, DaoFactory, Draft
+from usercredits.dao import DaoFactory
 from usercredits.errors import DuplicateEntityError
-from usercredits.memory import (
-    InMemoryDaoFactory,
-    InMemoryTokenTimetableDao,
-    InMemoryUserCreditsDao,
-)
-from usercredits.models import TokenTimetable, UserId
+from usercredits.memory import InMemoryDaoFactory, InMemoryTokenTimetableDao
+from usercredits.models import TokenTimetable
 from usercredits.testing.faults import FaultyDaoFactory
 
 pytest_plugins = ["pytester"]
@@ -63,31 +59,13 @@ class KeyCheckingAfterwardsLedgerDao(InMemoryTokenTimetableDao):
         raise DuplicateEntityError(f"operation key {key!r} was used")
 
 
-class CompareAndSetUserCreditsDao(InMemoryUserCreditsDao):
-    """Offers no locked append: every append takes the compare-and-set path, whose writes the
-    broken ledgers above break."""
-
-    def append_locked(self, user_id: UserId, offer_group: str, draft: Draft) -> Appended | None:
-        return None
-
-    def append_consumption(
-        self, user_id: UserId, offer_group: str, line: TokenTimetable, floor: int | None
-    ) -> TokenTimetable | None:
-        return None
-
-
-def _compare_and_set_backend() -> InMemoryDaoFactory:
-    factory = InMemoryDaoFactory()
-    factory.get_user_credits_dao().__class__ = CompareAndSetUserCreditsDao
-    return factory
-
-
 def balance_first_backend() -> InMemoryDaoFactory:
-    return _compare_and_set_backend()
+    # Appending by compare-and-set (the default), whose writes the broken ledgers break.
+    return InMemoryDaoFactory()
 
 
 def key_checking_afterwards_backend() -> InMemoryDaoFactory:
-    factory = _compare_and_set_backend()
+    factory = InMemoryDaoFactory()
     factory.get_token_timetable_dao().__class__ = KeyCheckingAfterwardsLedgerDao
     return factory
 
@@ -138,13 +116,5 @@ def test_a_ledger_checking_operation_keys_after_storing_fails_the_settlements(
     assert {"after_execute", "after_execute_bundle", "settle"} <= failed
 
 
-def in_memory_backend() -> InMemoryDaoFactory:
-    return InMemoryDaoFactory()
-
-
 def test_the_in_memory_backend_passes_every_scenario(pytester: pytest.Pytester) -> None:
-    assert _run_suite(pytester, "in_memory_backend", None) == set()
-
-
-def test_the_compare_and_set_path_passes_every_scenario(pytester: pytest.Pytester) -> None:
     assert _run_suite(pytester, "balance_first_backend", None) == set()

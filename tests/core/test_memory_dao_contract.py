@@ -29,7 +29,7 @@ class TestInMemoryTokenTimetableDao(TokenTimetableDaoContract):
 
 class TestInMemoryUserCreditsDao(UserCreditsDaoContract):
     def make_dao_factory(self) -> InMemoryDaoFactory:
-        return InMemoryDaoFactory()
+        return InMemoryDaoFactory(locking=True)
 
 
 class TestInMemoryCustomerDao(CustomerDaoContract):

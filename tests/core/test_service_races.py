@@ -100,26 +100,15 @@ class Hooked:
         self.before.setdefault(name, []).append(hook)
 
 
-class CompareAndSetCredits(Hooked):
-    """The user credits DAO without its locked appends: every append takes the compare-and-set
-    path, whose interleavings these tests force."""
-
-    def append_locked(self, *args: Any) -> None:
-        return None
-
-    def append_consumption(self, *args: Any) -> None:
-        return None
-
-
 class HookedDaoFactory(DaoFactory):
-    """The in-memory backend with hooks on the order, ledger and user credits DAOs, appending
-    by compare-and-set."""
+    """The in-memory backend (appending by compare-and-set) with hooks on the order, ledger
+    and user credits DAOs."""
 
     def __init__(self) -> None:
         self.inner = InMemoryDaoFactory()
         self.orders = Hooked(self.inner.get_order_dao())
         self.ledger = Hooked(self.inner.get_token_timetable_dao())
-        self.credits = CompareAndSetCredits(self.inner.get_user_credits_dao())
+        self.credits = Hooked(self.inner.get_user_credits_dao())
 
     def get_offer_dao(self) -> OfferDao:
         return self.inner.get_offer_dao()
