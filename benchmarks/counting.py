@@ -263,6 +263,14 @@ class _CountingRows:
         self._counter.add("rows", 0 if row is None else 1)
         return row
 
+    def fetchall(self) -> Any:
+        rows = self._cursor.fetchall()
+        self._counter.add("rows", len(rows))
+        return rows
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
 
 def total(counts: Counts) -> int:
     """Round trips: every command or statement sent."""

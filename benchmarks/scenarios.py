@@ -699,8 +699,8 @@ def _count_calls(
     }
     counts = {
         label: {
-            "light": w.count(lambda c=call: c(light)),
-            "heavy": w.count(lambda c=call: c(heavy)),
+            "light": _count_in_step(w, call, light),
+            "heavy": _count_in_step(w, call, heavy),
         }
         for label, call in calls.items()
     }
@@ -711,7 +711,17 @@ def _count_calls(
     return counts
 
 
+def _count_in_step(w: World, call: Callable[[str], Any], user: str) -> Counts:
+    """The statements of ``call`` for ``user``, the user's snapshots stored first: a backend
+    storing a snapshot every few lines (SQL, SNAPSHOT_LAG) does it, or folds the lines since,
+    on some calls and not others, so both users are counted at the same step of that cycle
+    (docs/performance.md gives the cycle's cost)."""
+    w.service.reconcile(user)
+    return w.count(lambda: call(user))
+
+
 def _count_settlement(w: World, shop: _Shop, user: str, *, settle: bool) -> dict[str, Counts]:
+    w.service.reconcile(user)
     holder: list[Order] = []
     created = w.count(lambda: holder.append(w.service.create_order(shop.pack.id, user)))
     order = holder[0]
@@ -793,8 +803,8 @@ def _history_count_budgets(
             text = f"reads <= {reads}, writes <= {writes}"
             met = worst["reads"] <= reads and worst["writes"] <= writes
             if sql:
-                text += ", no other statement"
-                met = met and worst["other"] == 0
+                text += ", at most one transaction (BEGIN, COMMIT)"
+                met = met and worst["other"] <= 2
             entry["round_trips"] = budget(
                 text, {k: worst[k] for k in ("reads", "writes", "other") if k in worst}, met
             )

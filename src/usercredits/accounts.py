@@ -22,7 +22,10 @@ A backend with transactions may instead hold the account while it appends
 (:meth:`~usercredits.dao.UserCreditsDao.append_locked`): steps 1 to 4 then run in one
 transaction, which commits the line and its snapshot together and never loses a race. The
 line is still numbered and keyed under the same unique indexes, so both ways of appending
-can write to one account side by side.
+can write to one account side by side. A backend that keeps each account's latest line
+number and balance may also append a consumption by itself
+(:meth:`~usercredits.dao.UserCreditsDao.append_consumption`) when it can check it without
+the snapshot: no holds, the floor kept.
 """
 
 from __future__ import annotations

@@ -375,10 +375,7 @@ class InMemoryTokenTimetableDao(_Reader[TokenTimetable], TokenTimetableDao):
         return names
 
     def create(self, entity: TokenTimetable) -> TokenTimetable:
-        return _clone_line(self.store(_clone_line(entity)))
-
-    def store(self, stored: TokenTimetable) -> TokenTimetable:
-        """Keep ``stored`` itself (not a copy) as a new line, given an id when it has none."""
+        stored = _clone_line(entity)
         user = _user_key(stored.user_id)
         with self._lock:
             lines = self._accounts.setdefault((user, stored.offer_group), [])
@@ -414,7 +411,7 @@ class InMemoryTokenTimetableDao(_Reader[TokenTimetable], TokenTimetableDao):
                 lines.insert(position, stored)
             for name in names:
                 self._keys[name] = stored
-            return stored
+            return _clone_line(stored)
 
     def lines_after(self, user_id: UserId, offer_group: str, seq: int) -> list[TokenTimetable]:
         with self._lock:
@@ -563,25 +560,14 @@ class InMemoryUserCreditsDao(UserCreditsDao):
     def append_consumption(
         self, user_id: UserId, offer_group: str, line: TokenTimetable, floor: int | None
     ) -> TokenTimetable | None:
-        if not self._locking:
-            return None
-        with self._lock:
-            account = self.get_account(user_id, offer_group)
-            if account is None:
-                return None
-            snapshot = account.snapshot.apply_all(
-                self._ledger.lines_after(user_id, offer_group, account.snapshot.seq)
-            )
+        def allowed(snapshot: Snapshot) -> TokenTimetable | None:
             if snapshot.holds or (floor is not None and snapshot.balance + line.tokens < floor):
                 return None
             line.seq = snapshot.seq + 1
-            try:
-                stored = self._ledger.store(_clone_line(line))
-            except DuplicateEntityError:
-                return self._ledger.find_by_key(user_id, idempotency_key=line.idempotency_key)
-            self.save_snapshot(user_id, offer_group, snapshot.apply(stored))
-            line.id = stored.id
             return line
+
+        appended = self.append_locked(user_id, offer_group, allowed)
+        return None if appended is None else appended.line
 
     def save_window(
         self, user_id: UserId, offer_group: str, expected_version: int, window: Window
