@@ -223,11 +223,10 @@ class SqlCounter(Counter):
         send = SqlStore.execute
 
         def execute(cursor: Any, statement: str, parameters: Any = ()) -> Any:
-            self.add(_statement_kind(statement))
+            kind = _statement_kind(statement)
+            self.add(kind)
             result = send(cursor, statement, parameters)
-            if _statement_kind(statement) == "reads":
-                return _CountingRows(self, result)
-            return result
+            return _CountingRows(self, result) if kind == "reads" else result
 
         sa.event.listen(sa.engine.Engine, "before_cursor_execute", before)
         SqlStore.execute = staticmethod(execute)  # type: ignore[method-assign]

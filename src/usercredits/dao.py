@@ -210,7 +210,8 @@ Draft = Callable[[Snapshot], TokenTimetable | None]
 class UserCreditsDao(abc.ABC):
     """Users with credits and their accounts: one record per user, one account per (user,
     offer group). An account's snapshot and window change only through the two
-    compare-and-set writes below (and :meth:`append_locked`, for backends that offer it)."""
+    compare-and-set writes below (and :meth:`append_locked` and :meth:`append_consumption`,
+    for backends that offer them)."""
 
     @abc.abstractmethod
     def register(self, user_id: UserId) -> EntityId:

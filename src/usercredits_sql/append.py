@@ -146,14 +146,14 @@ class Appending:
                 f"VALUES ({', '.join(mark for _ in names)}) ON CONFLICT DO NOTHING"
             )
 
-        self._catch_up_select = (
-            f"SELECT seq, snapshot_json, last_seq FROM {accounts} WHERE {account}"
-        )
-        self._catch_up_save = (
-            f"UPDATE {accounts} SET seq = {mark}, snapshot_json = {mark} "
-            f"WHERE {account} AND seq < {mark}"
-        )
         if self._numbered:
+            self._catch_up_select = (
+                f"SELECT seq, snapshot_json, last_seq FROM {accounts} WHERE {account}"
+            )
+            self._catch_up_save = (
+                f"UPDATE {accounts} SET seq = {mark}, snapshot_json = {mark} "
+                f"WHERE {account} AND seq < {mark}"
+            )
             self._select = (
                 f"SELECT seq, snapshot_json, last_seq, "
                 f"nextval(pg_get_serial_sequence('{lines}', 'pk')) "
@@ -229,10 +229,7 @@ class Appending:
             with self._store.driver_connection("storing a snapshot") as driver:
                 row = execute(driver, self._catch_up_select, key).fetchone()
                 stored = row[0]
-                snapshot = self._cache.get(key)
-                if snapshot is None or not stored <= snapshot.seq <= row[2]:
-                    snapshot = Snapshot.from_data(json.loads(row[1]))
-                snapshot = snapshot.apply_all(self._lines_after(driver, key, snapshot.seq))
+                snapshot = self._current(driver, key, row, behind=True)
                 if snapshot.seq > stored:
                     seq = int64(snapshot.seq, "seq")
                     execute(
@@ -271,12 +268,8 @@ class Appending:
             row = execute(driver, self._select, key).fetchone()
             if row is None:
                 return None
-            stored, latest = row[0], row[2] or 0
-            snapshot = self._cache.get(key)
-            if snapshot is None or not stored <= snapshot.seq <= latest:
-                snapshot = Snapshot.from_data(json.loads(row[1]))
-            if behind or snapshot.seq < latest:
-                snapshot = snapshot.apply_all(self._lines_after(driver, key, snapshot.seq))
+            stored = row[0]
+            snapshot = self._current(driver, key, row, behind=behind)
             line = draft(snapshot)
             if line is None:
                 self._cache.put(key, snapshot)
@@ -307,6 +300,19 @@ class Appending:
         # Kept once committed: a snapshot ahead of the ledger would number lines wrongly.
         self._cache.put(key, after)
         return Appended(line, True, after)
+
+    def _current(self, driver: Any, key: AccountKey, row: Any, *, behind: bool) -> Snapshot:
+        """The account's snapshot with every line folded in, from its row (the stored ``seq``,
+        ``snapshot_json`` and the latest line number): the one this process keeps when the
+        row's numbers allow it, else the stored one, then the lines beyond it. ``behind``:
+        lines may exist beyond the latest number the row tells, read them anyway."""
+        stored, latest = row[0], row[2] or 0
+        snapshot = self._cache.get(key)
+        if snapshot is None or not stored <= snapshot.seq <= latest:
+            snapshot = Snapshot.from_data(json.loads(row[1]))
+        if behind or snapshot.seq < latest:
+            snapshot = snapshot.apply_all(self._lines_after(driver, key, snapshot.seq))
+        return snapshot
 
     @staticmethod
     def _kept(after: Snapshot, save: bool) -> tuple[Any, ...]:

@@ -290,7 +290,7 @@ class EntityCodec(Generic[M]):
             pk = int(str(entity_id))
         except ValueError:
             raise NoMatch from None
-        if not 0 < pk < 2**63 or str(pk) != str(entity_id):
+        if not 0 < pk <= INT64_MAX or str(pk) != str(entity_id):
             raise NoMatch
         return pk
 

@@ -198,7 +198,7 @@ class SqlStore:
         """A connection in a transaction, committed when the block ends and rolled back when
         it raises; on SQLite it holds the write lock from the start."""
         with self.connect(what) as connection:
-            connection.exec_driver_sql("BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN")
+            connection.exec_driver_sql(self._begin)
             try:
                 yield connection
             except BaseException:
